@@ -1,0 +1,5 @@
+import sys
+
+from torchrec_fusion.cli import main
+
+sys.exit(main())

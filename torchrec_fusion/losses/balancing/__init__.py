@@ -1,0 +1,18 @@
+"""Loss-balancing strategies, chosen by name."""
+
+from typing import Any, Dict, Sequence, Type
+
+from torchrec_fusion.losses.balancing.base import FixedWeights, LossBalancer
+from torchrec_fusion.tasks import TaskSpec
+
+BALANCERS: Dict[str, Type[LossBalancer]] = {"fixed": FixedWeights}
+
+
+def build_balancer(name: str, tasks: Sequence[TaskSpec], **kwargs: Any) -> LossBalancer:
+    """Builds the strategy registered as ``name``."""
+    if name not in BALANCERS:
+        raise ValueError(f"unknown loss balancing {name!r}; choose one of {sorted(BALANCERS)}")
+    return BALANCERS[name](tasks, **kwargs)
+
+
+__all__ = ["BALANCERS", "FixedWeights", "LossBalancer", "build_balancer"]

@@ -1,0 +1,35 @@
+"""Per-task losses that honour label masks and sample weights."""
+
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from torchrec_fusion.tasks import TaskKind, TaskSpec
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of ``values`` over rows where ``mask`` is set (weighted); 0 when no row is."""
+    w = mask.to(values.dtype) if weight is None else mask.to(values.dtype) * weight
+    return (values * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def task_loss(task: TaskSpec, output: torch.Tensor, label: torch.Tensor, mask: torch.Tensor,
+              weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The loss of one task: BCE on logits, MSE, or cross-entropy; absent labels add nothing."""
+    if task.kind == TaskKind.BINARY:
+        per_row = F.binary_cross_entropy_with_logits(output, label, reduction="none")
+    elif task.kind == TaskKind.REGRESSION:
+        per_row = (output - label) ** 2
+    else:
+        per_row = F.cross_entropy(output, label.long() * mask.long(), reduction="none")
+    return masked_mean(per_row, mask, weight)
+
+
+def task_losses(tasks: Sequence[TaskSpec], outputs: Dict[str, torch.Tensor], labels: torch.Tensor,
+                masks: torch.Tensor, weights: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """``{task: loss}`` for stacked ``[B, T]`` labels, masks and optional weights."""
+    return {
+        t.name: task_loss(t, outputs[t.name], labels[:, j], masks[:, j], None if weights is None else weights[:, j])
+        for j, t in enumerate(tasks)
+    }

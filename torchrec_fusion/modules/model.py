@@ -1,0 +1,151 @@
+"""The multi-task model and its training wrapper, in the shape of TorchRec's DLRM."""
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_fusion.data.batch import MultiTaskBatch
+from torchrec_fusion.losses import FixedWeights, LossBalancer, task_losses
+from torchrec_fusion.modules.architectures import MultiTaskArch, build_architecture
+from torchrec_fusion.modules.features import FeatureArch
+from torchrec_fusion.modules.towers import TaskTowers
+from torchrec_fusion.tasks import TaskKind, TaskSpec, check_tasks
+
+
+class MultiTaskModel(nn.Module):
+    """A multi-task recommender over one (shardable) EmbeddingBagCollection.
+
+    ``FeatureArch`` (embeddings, dense MLP, dot interactions) feeds a
+    multi-task architecture (shared-bottom, MMoE, ...) whose per-task
+    representations go through one tower per task.
+
+    Args:
+        embedding_bag_collection: the EBC; build it on ``torch.device("meta")``
+            when the model is to be sharded by DMP.
+        dense_in_features: width of the dense features.
+        tasks: the task specs.
+        arch: registered architecture name, or a built :class:`MultiTaskArch`.
+        arch_kwargs: keyword arguments of the architecture (``num_experts``...).
+        dense_arch_layer_sizes: hidden sizes of the dense MLP.
+        tower_layer_sizes: hidden sizes of each task tower.
+        interaction: add pairwise dot products of the feature embeddings.
+        dropout: dropout inside architecture and towers.
+        embedding_l2: L2 penalty weight on looked-up embeddings (see :class:`FeatureArch`);
+            :class:`MultiTaskTrain` adds it to the loss.
+
+    Example::
+
+        from torchrec.modules.embedding_configs import EmbeddingBagConfig
+        ebc = EmbeddingBagCollection(tables=[
+            EmbeddingBagConfig(name="t_user", embedding_dim=8, num_embeddings=100, feature_names=["user"]),
+            EmbeddingBagConfig(name="t_item", embedding_dim=8, num_embeddings=50, feature_names=["item"]),
+        ])
+        model = MultiTaskModel(ebc, dense_in_features=2,
+                               tasks=[TaskSpec("like", "binary"), TaskSpec("rating", "regression")],
+                               arch="mmoe", arch_kwargs={"num_experts": 2, "expert_layer_sizes": [16]})
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
+        out = model(torch.rand(2, 2), kjt)
+        assert out["like"].shape == (2,) and out["rating"].shape == (2,)
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        dense_in_features: int,
+        tasks: Sequence[TaskSpec],
+        arch: Any = "mmoe",
+        arch_kwargs: Optional[Mapping[str, Any]] = None,
+        dense_arch_layer_sizes: Sequence[int] = (64,),
+        tower_layer_sizes: Sequence[int] = (64,),
+        interaction: bool = True,
+        dropout: float = 0.0,
+        embedding_l2: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.tasks = check_tasks(tasks)
+        self.feature_arch = FeatureArch(embedding_bag_collection, dense_in_features, list(dense_arch_layer_sizes),
+                                        interaction, embedding_l2)
+        names = [t.name for t in self.tasks]
+        if isinstance(arch, MultiTaskArch):
+            self.task_arch = arch
+        else:
+            kwargs = dict(arch_kwargs or {})
+            kwargs.setdefault("dropout", dropout)
+            self.task_arch = build_architecture(arch, self.feature_arch.out_features, names, **kwargs)
+        self.towers = TaskTowers(self.task_arch.out_features, self.tasks, tower_layer_sizes, dropout)
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        """Returns raw outputs per task: logits (binary ``[B]``, multiclass ``[B, C]``)
+        or values (regression ``[B]``); :func:`to_predictions` turns them into
+        probabilities."""
+        return self.towers(self.task_arch(self.feature_arch(dense_features, sparse_features)))
+
+    def set_output_bias(self, task: str, value: float) -> None:
+        """Starts a task's head at ``value`` (the label mean for a regression task)."""
+        with torch.no_grad():
+            self.towers.heads[task].bias.fill_(value)
+
+
+def to_predictions(tasks: Sequence[TaskSpec], outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Sigmoid for binary, softmax for multiclass, identity for regression."""
+    preds = {}
+    for t in tasks:
+        y = outputs[t.name]
+        preds[t.name] = torch.sigmoid(y) if t.kind == TaskKind.BINARY else (
+            torch.softmax(y, dim=-1) if t.kind == TaskKind.MULTICLASS else y)
+    return preds
+
+
+class MultiTaskTrain(nn.Module):
+    """Wraps a :class:`MultiTaskModel` for ``TrainPipelineSparseDist``, as ``DLRMTrain`` does.
+
+    Args:
+        model: the multi-task model.
+        balancer: combines the per-task losses; fixed ``loss_weight`` by default.
+
+    ``forward(batch)`` returns ``(loss, (loss.detach(), predictions, labels))``:
+    predictions and labels are dicts keyed by task name; a label that is
+    absent (mask False) is NaN, so metrics skip it. The last per-task losses
+    are kept in ``last_task_losses``.
+
+    Example::
+
+        from torchrec.modules.embedding_configs import EmbeddingBagConfig
+        from torchrec_fusion.data.batch import MultiTaskBatch
+        ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+            name="t_user", embedding_dim=4, num_embeddings=10, feature_names=["user"])])
+        train = MultiTaskTrain(MultiTaskModel(ebc, 1, [TaskSpec("like")], arch="shared_bottom"))
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=["user"], values=torch.tensor([1, 2]), lengths=torch.tensor([1, 1]))
+        batch = MultiTaskBatch(torch.rand(2, 1), kjt, torch.tensor([[1.0], [0.0]]),
+                               torch.tensor([[True], [False]]), ("like",))
+        loss, (_, preds, labels) = train(batch)
+        loss.backward()
+        assert labels["like"].isnan().tolist() == [False, True]
+    """
+
+    def __init__(self, model: MultiTaskModel, balancer: Optional[LossBalancer] = None) -> None:
+        super().__init__()
+        self.model = model
+        self.tasks = model.tasks
+        self.balancer = balancer if balancer is not None else FixedWeights(self.tasks)
+        self.last_task_losses: Dict[str, torch.Tensor] = {}
+
+    def forward(
+        self, batch: MultiTaskBatch
+    ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]]:
+        outputs = self.model(batch.dense_features, batch.sparse_features)
+        losses = task_losses(self.tasks, outputs, batch.labels, batch.masks, batch.weights)
+        loss = self.balancer(losses)
+        if self.model.feature_arch.embedding_l2 and self.training:
+            loss = loss + self.model.feature_arch.penalty
+        self.last_task_losses = {k: v.detach() for k, v in losses.items()}
+        preds = {k: v.detach() for k, v in to_predictions(self.tasks, outputs).items()}
+        nan = torch.full_like(batch.labels, float("nan"))
+        labels_t = torch.where(batch.masks, batch.labels, nan)
+        labels = {t.name: labels_t[:, j] for j, t in enumerate(self.tasks)}
+        return loss, (loss.detach(), preds, labels)

@@ -1,0 +1,63 @@
+"""Every option of a training run, in one dataclass (the CLI fills it)."""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Defaults are the CLI's defaults, chosen on a validation
+    split carved from MovieLens-100K u1.base (never on u1.test)."""
+
+    # data
+    dataset: str = "synthetic"
+    data_dir: Optional[str] = None
+    split: Optional[str] = "auto"
+    tasks: Optional[List[str]] = None
+    validation_fraction: float = 0.0  # > 0: carve a validation split from train and evaluate on it
+    synthetic_rows: int = 200_000
+    synthetic_scale: float = 1.0
+    # model
+    arch: str = "mmoe"
+    embedding_dim: int = 32
+    dense_arch_layer_sizes: List[int] = field(default_factory=lambda: [64])
+    num_experts: int = 4
+    expert_layer_sizes: List[int] = field(default_factory=lambda: [128, 64])
+    bottom_layer_sizes: List[int] = field(default_factory=lambda: [128, 64])
+    tower_layer_sizes: List[int] = field(default_factory=lambda: [32])
+    interaction: bool = True
+    dropout: float = 0.0
+    embedding_l2: float = 0.0
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 256
+    eval_batch_size: int = 4096
+    embedding_optimizer: str = "rowwise_adagrad"
+    embedding_lr: float = 0.05
+    dense_optimizer: str = "adam"
+    dense_lr: float = 1e-3
+    dense_weight_decay: float = 0.0
+    balancing: str = "fixed"
+    # distribution
+    world_size: int = 1
+    device: Optional[str] = None
+    sharding_type: Optional[str] = None
+    # per table: ParameterConstraints fields, e.g. {"t_user": {"sharding_types": ["column_wise"], "min_partition": 8}}
+    constraints: Optional[Dict[str, Dict[str, Any]]] = None
+    seed: int = 0
+    # output
+    output_dir: Optional[str] = None
+    progress: bool = True
+    verbose: bool = True
+    keep_predictions: bool = False  # return eval predictions from run() (tests)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def arch_kwargs(self) -> Dict[str, Any]:
+        if self.arch == "mmoe":
+            return {"num_experts": self.num_experts, "expert_layer_sizes": self.expert_layer_sizes}
+        if self.arch == "shared_bottom":
+            return {"bottom_layer_sizes": self.bottom_layer_sizes}
+        return {}

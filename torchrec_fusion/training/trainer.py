@@ -1,0 +1,223 @@
+"""The sharded training loop: planner, DMP, fused optimizer, TrainPipelineSparseDist."""
+
+import json
+import logging
+import warnings
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from torchrec_fusion.data.dataset import MultiTaskData
+from torchrec_fusion.data.sources import load_dataset
+from torchrec_fusion.distributed.launcher import DistContext, init_distributed, launch
+from torchrec_fusion.distributed.sharding import (
+    describe_plan,
+    make_sharders,
+    plan_sharding,
+    seed_embedding_tables,
+    shard_model,
+)
+from torchrec_fusion.evaluation.metrics import task_metrics
+from torchrec_fusion.losses import build_balancer
+from torchrec_fusion.modules.model import MultiTaskModel, MultiTaskTrain
+from torchrec_fusion.tasks import TaskKind, select_tasks
+from torchrec_fusion.training.config import TrainConfig
+
+
+def quiet_third_party_logs() -> None:
+    """Silences TorchRec's and torch's planner/deprecation chatter; our own log stays."""
+    for name in ("torchrec", "torch.fx._symbolic_trace", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(torchrec|torch|torchrec_fusion)(\.|$)")
+
+
+def build_ebc(data: MultiTaskData, embedding_dim: int, device: str = "meta") -> EmbeddingBagCollection:
+    """One table ``t_<feature>`` per sparse feature, sized from the data; on ``meta``
+    by default so that no rank ever materialises a whole table before sharding."""
+    tables = [
+        EmbeddingBagConfig(name=f"t_{f}", embedding_dim=embedding_dim, num_embeddings=data.num_embeddings[f],
+                           feature_names=[f])
+        for f in data.feature_names
+    ]
+    return EmbeddingBagCollection(tables=tables, device=torch.device(device))
+
+
+def build_train_model(config: TrainConfig, data: MultiTaskData, device: str = "meta") -> MultiTaskTrain:
+    """The model of ``config`` for ``data``'s features and tasks, wrapped for training."""
+    model = MultiTaskModel(
+        build_ebc(data, config.embedding_dim, device),
+        dense_in_features=data.dense.size(1),
+        tasks=data.tasks,
+        arch=config.arch,
+        arch_kwargs=config.arch_kwargs(),
+        dense_arch_layer_sizes=config.dense_arch_layer_sizes,
+        tower_layer_sizes=config.tower_layer_sizes,
+        interaction=config.interaction,
+        dropout=config.dropout,
+        embedding_l2=config.embedding_l2,
+    )
+    for j, t in enumerate(data.tasks):
+        if t.kind == TaskKind.REGRESSION and data.masks[:, j].any():
+            model.set_output_bias(t.name, float(data.labels[data.masks[:, j], j].mean()))
+    return MultiTaskTrain(model, build_balancer(config.balancing, data.tasks))
+
+
+def prepare_data(config: TrainConfig) -> Tuple[MultiTaskData, MultiTaskData, str, Dict[str, Any]]:
+    """(train, eval, eval split name, info) for ``config``: the dataset's train
+    split, and its test split or a validation split carved from train."""
+    loaded = load_dataset(config.dataset, config.data_dir, config.split, config.seed, config.synthetic_rows,
+                          config.synthetic_scale)
+    train, test = loaded.train, loaded.test
+    if config.tasks:
+        keep = select_tasks(train.tasks, config.tasks)
+        cols = [train.task_names.index(t.name) for t in keep]
+        for d in (train, test):
+            d.tasks, d.labels, d.masks = keep, d.labels[:, cols], d.masks[:, cols]
+            d.weights = None if d.weights is None else d.weights[:, cols]
+    if config.validation_fraction > 0:
+        train, valid = train.split(config.validation_fraction, config.seed)
+        return train, valid, "validation", loaded.info
+    return train, test, "test", loaded.info
+
+
+@torch.no_grad()
+def evaluate(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, data: MultiTaskData, ctx: DistContext,
+             batch_size: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """Predictions and labels of every row of ``data`` (NaN labels for padding and
+    absent labels), gathered from all ranks in row order."""
+    model.eval()
+    preds: Dict[str, List[torch.Tensor]] = {}
+    labels: Dict[str, List[torch.Tensor]] = {}
+    it = data.batches(batch_size, rank=ctx.rank, world_size=ctx.world_size, drop_last=False)
+    try:
+        while True:
+            _, p, y = pipeline.progress(it)
+            for k in p:
+                preds.setdefault(k, []).append(p[k].cpu())
+                labels.setdefault(k, []).append(y[k].cpu())
+    except StopIteration:
+        pass
+    model.train()
+    out_p, out_y = {}, {}
+    for k in preds:
+        p, y = torch.stack(preds[k]), torch.stack(labels[k])  # nb x B (x C)
+        if ctx.world_size > 1:
+            gp = [torch.empty_like(p) for _ in range(ctx.world_size)]
+            gy = [torch.empty_like(y) for _ in range(ctx.world_size)]
+            dist.all_gather(gp, p)
+            dist.all_gather(gy, y)
+            p, y = torch.stack(gp, 1), torch.stack(gy, 1)  # nb x world x B: global row order
+        # flat position i*G + r*B + k is data row i*G + r*B + k; padding only lies past len(data)
+        n = len(data)
+        out_p[k] = p.reshape(y.numel(), -1)[:n].squeeze(1)
+        out_y[k] = y.reshape(-1)[:n]
+    return out_p, out_y
+
+
+def run(config: TrainConfig) -> Dict[str, Any]:
+    """One rank's whole run; returns the metrics (rank 0 also writes metrics.json)."""
+    quiet_third_party_logs()
+    ctx = init_distributed(config.device)
+    torch.manual_seed(config.seed)
+    train, evald, eval_split, info = prepare_data(config)
+    log = print if (ctx.is_main and config.verbose) else (lambda *a, **k: None)
+    log(f"data: {info.get('dataset')} train={len(train)} {eval_split}={len(evald)} "
+        f"features={train.feature_names} tasks={train.task_names}")
+
+    model = build_train_model(config, train)
+    constraints = {t: ParameterConstraints(**c) for t, c in (config.constraints or {}).items()}
+    sharders = make_sharders(config.sharding_type, constraints)
+    plan = plan_sharding(model, ctx, config.batch_size, config.sharding_type, constraints, sharders)
+    log(describe_plan(plan))
+    dmp, optimizer = shard_model(
+        model, ctx, plan,
+        embedding_optimizer=config.embedding_optimizer, embedding_lr=config.embedding_lr,
+        dense_optimizer=config.dense_optimizer, dense_lr=config.dense_lr,
+        dense_optimizer_kwargs={"weight_decay": config.dense_weight_decay} if config.dense_weight_decay else None,
+        sharders=sharders,
+    )
+    seed_embedding_tables(dmp, config.seed)
+    pipeline = TrainPipelineSparseDist(dmp, optimizer, ctx.device)
+    tasks = train.tasks
+
+    history: List[Dict[str, Any]] = []
+    step_losses: List[float] = []
+    train_seconds, samples = 0.0, 0
+    steps_per_epoch = train.num_batches(config.batch_size, ctx.world_size)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train)} training rows make no batch of {config.batch_size} x {ctx.world_size} ranks")
+    for epoch in range(config.epochs):
+        dmp.train()
+        it = train.batches(config.batch_size, shuffle=True, seed=config.seed, epoch=epoch, rank=ctx.rank,
+                           world_size=ctx.world_size)
+        bar = None
+        if ctx.is_main and config.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                       leave=False, dynamic_ncols=True)
+        losses: List[torch.Tensor] = []
+        t0 = time.perf_counter()
+        try:
+            while True:
+                loss, _, _ = pipeline.progress(it)
+                losses.append(loss)
+                if bar is not None:
+                    bar.update(1)
+        except StopIteration:
+            pass
+        train_seconds += time.perf_counter() - t0
+        samples += len(losses) * config.batch_size * ctx.world_size
+        if bar is not None:
+            bar.close()
+        epoch_losses = torch.stack(losses).float()
+        if ctx.world_size > 1:
+            dist.all_reduce(epoch_losses)
+            epoch_losses /= ctx.world_size
+        if not torch.isfinite(epoch_losses).all():
+            bad = int((~torch.isfinite(epoch_losses)).nonzero()[0])
+            raise FloatingPointError(f"training loss became NaN/inf at epoch {epoch + 1}, step {bad + 1}; "
+                                     "lower the learning rates or check the data")
+        step_losses += epoch_losses.tolist()
+        preds, labels = evaluate(pipeline, dmp, evald, ctx, config.eval_batch_size)
+        metrics = task_metrics(tasks, preds, labels)
+        history.append({"epoch": epoch + 1, "train_loss": float(epoch_losses.mean()), "tasks": metrics})
+        log(f"epoch {epoch + 1}/{config.epochs} train_loss={float(epoch_losses.mean()):.4f} "
+            + " ".join(f"{t}:" + ",".join(f"{k}={v:.4f}" for k, v in m.items() if k != "count")
+                       for t, m in metrics.items()))
+
+    result: Dict[str, Any] = {
+        "tasks": history[-1]["tasks"] if history else {},
+        "samples_per_second": samples / train_seconds if train_seconds else 0.0,
+        "world_size": ctx.world_size,
+        "eval_split": eval_split,
+        "train_seconds": train_seconds,
+        "history": history,
+        "step_losses": step_losses,
+        "plan": describe_plan(plan),
+        "data": info,
+        "config": config.to_dict(),
+    }
+    if ctx.is_main and config.output_dir:
+        os.makedirs(config.output_dir, exist_ok=True)
+        with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        log(f"samples/s={result['samples_per_second']:.0f}; wrote {os.path.join(config.output_dir, 'metrics.json')}")
+    if config.keep_predictions:
+        result["predictions"], result["labels"] = preds, labels
+    return result
+
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+    """Runs ``config`` on ``config.world_size`` local processes (or under torchrun)
+    and returns rank 0's result."""
+    return launch(run, config.world_size, config)[0]
