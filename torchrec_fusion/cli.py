@@ -1,6 +1,7 @@
 """The ``torchrec-fusion`` command line."""
 
 import argparse
+import os
 import dataclasses
 import sys
 import typing
@@ -81,6 +82,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (ValueError, OSError, KeyError, FloatingPointError) as e:
             print(f"torchrec-fusion: error: {e}", file=sys.stderr)
             return 2
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+            return 0
         summary = {t: {k: round(v, 4) for k, v in m.items() if k != "count"} for t, m in result["tasks"].items()}
         print(f"final ({result['eval_split']}): {summary}  samples/s={result['samples_per_second']:.0f}")
     return 0

@@ -53,6 +53,7 @@ class MultiTaskData:
         weights: optional ``[N, T]`` float sample weights.
         extras: optional per-row columns carried along (user and item ids for
             ranking evaluation, for example); not fed to the model.
+        pooling: per feature, how its bag is pooled: ``"sum"`` (default) or ``"mean"``.
     """
 
     dense: torch.Tensor
@@ -64,6 +65,7 @@ class MultiTaskData:
     weights: Optional[torch.Tensor] = None
     extras: Dict[str, torch.Tensor] = field(default_factory=dict)
     source: str = "data"
+    pooling: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tasks = check_tasks(self.tasks)
@@ -148,6 +150,7 @@ class MultiTaskData:
             weights=None if self.weights is None else self.weights[idx],
             extras={k: v[idx] for k, v in self.extras.items()},
             source=source or self.source,
+            pooling=dict(self.pooling),
         )
 
     def split(self, fraction: float, seed: int) -> "tuple[MultiTaskData, MultiTaskData]":

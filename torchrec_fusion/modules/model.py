@@ -82,7 +82,8 @@ class MultiTaskModel(nn.Module):
         """Returns raw outputs per task: logits (binary ``[B]``, multiclass ``[B, C]``)
         or values (regression ``[B]``); :func:`to_predictions` turns them into
         probabilities."""
-        return self.towers(self.task_arch(self.feature_arch(dense_features, sparse_features)))
+        reps = self.task_arch(self.feature_arch(dense_features, sparse_features))
+        return self.task_arch.combine_outputs(self.towers(reps))
 
     def set_output_bias(self, task: str, value: float) -> None:
         """Starts a task's head at ``value`` (the label mean for a regression task)."""

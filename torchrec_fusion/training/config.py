@@ -16,6 +16,7 @@ class TrainConfig:
     split: Optional[str] = "auto"
     tasks: Optional[List[str]] = None
     validation_fraction: float = 0.0  # > 0: carve a validation split from train and evaluate on it
+    history_length: int = 0  # > 0: add user_history / item_audience bags of up to this many ids
     synthetic_rows: int = 200_000
     synthetic_scale: float = 1.0
     # model

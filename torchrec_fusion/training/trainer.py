@@ -12,10 +12,11 @@ import torch
 import torch.distributed as dist
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_fusion.data.dataset import MultiTaskData
+from torchrec_fusion.data.history import add_history_features
 from torchrec_fusion.data.sources import load_dataset
 from torchrec_fusion.distributed.launcher import DistContext, init_distributed, launch
 from torchrec_fusion.distributed.sharding import (
@@ -43,9 +44,10 @@ def quiet_third_party_logs() -> None:
 def build_ebc(data: MultiTaskData, embedding_dim: int, device: str = "meta") -> EmbeddingBagCollection:
     """One table ``t_<feature>`` per sparse feature, sized from the data; on ``meta``
     by default so that no rank ever materialises a whole table before sharding."""
+    pooling = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
     tables = [
         EmbeddingBagConfig(name=f"t_{f}", embedding_dim=embedding_dim, num_embeddings=data.num_embeddings[f],
-                           feature_names=[f])
+                           feature_names=[f], pooling=pooling[data.pooling.get(f, "sum")])
         for f in data.feature_names
     ]
     return EmbeddingBagCollection(tables=tables, device=torch.device(device))
@@ -83,10 +85,13 @@ def prepare_data(config: TrainConfig) -> Tuple[MultiTaskData, MultiTaskData, str
         for d in (train, test):
             d.tasks, d.labels, d.masks = keep, d.labels[:, cols], d.masks[:, cols]
             d.weights = None if d.weights is None else d.weights[:, cols]
-    if config.validation_fraction > 0:
-        train, valid = train.split(config.validation_fraction, config.seed)
-        return train, valid, "validation", loaded.info
-    return train, test, "test", loaded.info
+    split = "test"
+    if config.validation_fraction > 0:  # the test split is then never read
+        train, test = train.split(config.validation_fraction, config.seed)
+        split = "validation"
+    if config.history_length > 0:  # from the (final) training rows only
+        train, test = add_history_features(train, test, config.history_length, config.seed)
+    return train, test, split, loaded.info
 
 
 @torch.no_grad()

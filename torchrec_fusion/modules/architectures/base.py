@@ -41,6 +41,11 @@ class MultiTaskArch(nn.Module, ABC):
     def forward(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Returns ``{task: [B, out_features]}``."""
 
+    def combine_outputs(self, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Hook after the task heads: architectures whose tasks are tied by construction
+        (ESMM's pCTCVR = pCTR x pCVR, for example) derive outputs here. Identity by default."""
+        return outputs
+
     def gate_weights(self) -> Optional[Dict[str, torch.Tensor]]:
         """Per task, the last batch's gate weights ``[B, num_experts]`` (detached),
         or None for architectures without gates."""
