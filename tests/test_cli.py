@@ -9,12 +9,12 @@ from conftest import ML100K, needs_ml100k
 from torchrec_fusion.cli import main
 
 
-def test_train_synthetic_two_ranks_writes_metrics(tmp_path: Path, capsys) -> None:
+def test_train_synthetic_two_ranks_writes_metrics(tmp_path: Path, capfd) -> None:
     out = tmp_path / "run"
     code = main(["train", "--dataset", "synthetic", "--synthetic-rows", "20000", "--arch", "shared_bottom",
                  "--world-size", "2", "--epochs", "2", "--output-dir", str(out), "--no-progress"])
     assert code == 0
-    printed = capsys.readouterr().out
+    printed = capfd.readouterr().out  # fd level: the ranks are child processes
     assert "sharding plan:" in printed and "epoch 2/2" in printed
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["samples_per_second"] > 0 and len(m["history"]) == 2
@@ -34,3 +34,9 @@ def test_movielens_defaults_reach_the_quality_bar(tmp_path: Path) -> None:
     assert m["config"]["arch"] == "mmoe" and m["eval_split"] == "test" and m["tasks"]["rating"]["count"] == 20000
     assert m["tasks"]["rating"]["rmse"] < 0.93, m["tasks"]
     assert m["tasks"]["like"]["auc"] > 0.79, m["tasks"]
+    # gate introspection: one distribution over the 4 experts per task, and the task weights
+    for task in ("like", "rating"):
+        g = m["gates"][task]
+        assert len(g["mean_weight"]) == 4 and abs(sum(g["mean_weight"]) - 1) < 1e-4
+        assert 0 <= g["normalised_entropy"] <= 1 and isinstance(g["collapsed"], bool)
+    assert m["task_weights"] == {"like": 1.0, "rating": 1.0}

@@ -26,6 +26,7 @@ from torchrec_fusion.distributed.sharding import (
     seed_embedding_tables,
     shard_model,
 )
+from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.evaluation.metrics import task_metrics
 from torchrec_fusion.losses import build_balancer
 from torchrec_fusion.modules.model import MultiTaskModel, MultiTaskTrain
@@ -96,10 +97,13 @@ def prepare_data(config: TrainConfig) -> Tuple[MultiTaskData, MultiTaskData, str
 
 @torch.no_grad()
 def evaluate(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, data: MultiTaskData, ctx: DistContext,
-             batch_size: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+             batch_size: int, gates: Optional[GateStats] = None
+             ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """Predictions and labels of every row of ``data`` (NaN labels for padding and
-    absent labels), gathered from all ranks in row order."""
+    absent labels), gathered from all ranks in row order; gate statistics of the
+    architecture go into ``gates`` when given."""
     model.eval()
+    arch = getattr(model, "module", model).model.task_arch
     preds: Dict[str, List[torch.Tensor]] = {}
     labels: Dict[str, List[torch.Tensor]] = {}
     it = data.batches(batch_size, rank=ctx.rank, world_size=ctx.world_size, drop_last=False)
@@ -109,9 +113,16 @@ def evaluate(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, data: Mu
             for k in p:
                 preds.setdefault(k, []).append(p[k].cpu())
                 labels.setdefault(k, []).append(y[k].cpu())
+            if gates is not None:  # rows with any label: padding rows have none
+                gates.update(arch.gate_weights(), ~torch.stack(list(y.values()), 1).isnan().all(1))
     except StopIteration:
         pass
     model.train()
+    if gates is not None and ctx.world_size > 1:
+        flat = gates.tensors()
+        for v in flat.values():
+            dist.all_reduce(v)
+        gates.load_tensors(flat)
     out_p, out_y = {}, {}
     for k in preds:
         p, y = torch.stack(preds[k]), torch.stack(labels[k])  # nb x B (x C)
@@ -193,15 +204,24 @@ def run(config: TrainConfig) -> Dict[str, Any]:
             raise FloatingPointError(f"training loss became NaN/inf at epoch {epoch + 1}, step {bad + 1}; "
                                      "lower the learning rates or check the data")
         step_losses += epoch_losses.tolist()
-        preds, labels = evaluate(pipeline, dmp, evald, ctx, config.eval_batch_size)
+        gate_stats = GateStats()
+        preds, labels = evaluate(pipeline, dmp, evald, ctx, config.eval_batch_size, gate_stats)
         metrics = task_metrics(tasks, preds, labels)
-        history.append({"epoch": epoch + 1, "train_loss": float(epoch_losses.mean()), "tasks": metrics})
+        gates, task_weights = gate_stats.result(), dmp.module.balancer.task_weights()
+        history.append({"epoch": epoch + 1, "train_loss": float(epoch_losses.mean()), "tasks": metrics,
+                        "gates": gates, "task_weights": task_weights})
         log(f"epoch {epoch + 1}/{config.epochs} train_loss={float(epoch_losses.mean()):.4f} "
             + " ".join(f"{t}:" + ",".join(f"{k}={v:.4f}" for k, v in m.items() if k != "count")
                        for t, m in metrics.items()))
+        if gates:
+            log("  gates: " + "  ".join(
+                f"{t}=[{' '.join(f'{w:.2f}' for w in g['mean_weight'])}] H={g['normalised_entropy']:.2f}"
+                + (" COLLAPSED" if g["collapsed"] else "") for t, g in gates.items()))
 
     result: Dict[str, Any] = {
         "tasks": history[-1]["tasks"] if history else {},
+        "gates": history[-1]["gates"] if history else {},
+        "task_weights": history[-1]["task_weights"] if history else {},
         "samples_per_second": samples / train_seconds if train_seconds else 0.0,
         "world_size": ctx.world_size,
         "eval_split": eval_split,

@@ -3,9 +3,15 @@
 from typing import Any, Dict, Sequence, Type
 
 from torchrec_fusion.losses.balancing.base import FixedWeights, LossBalancer
+from torchrec_fusion.losses.balancing.dwa import DynamicWeightAverage
+from torchrec_fusion.losses.balancing.uncertainty import UncertaintyWeighting
 from torchrec_fusion.tasks import TaskSpec
 
-BALANCERS: Dict[str, Type[LossBalancer]] = {"fixed": FixedWeights}
+BALANCERS: Dict[str, Type[LossBalancer]] = {
+    "fixed": FixedWeights,
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DynamicWeightAverage,
+}
 
 
 def build_balancer(name: str, tasks: Sequence[TaskSpec], **kwargs: Any) -> LossBalancer:
@@ -15,4 +21,5 @@ def build_balancer(name: str, tasks: Sequence[TaskSpec], **kwargs: Any) -> LossB
     return BALANCERS[name](tasks, **kwargs)
 
 
-__all__ = ["BALANCERS", "FixedWeights", "LossBalancer", "build_balancer"]
+__all__ = ["BALANCERS", "DynamicWeightAverage", "FixedWeights", "LossBalancer", "UncertaintyWeighting",
+           "build_balancer"]

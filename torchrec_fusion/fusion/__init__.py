@@ -1,0 +1,12 @@
+"""Score fusion: normalisation, rank aggregation, decision-level fusion and trainable fusion modules."""
+
+from torchrec_fusion.fusion.decision import cascade, majority_vote, votes, weighted_vote
+from torchrec_fusion.fusion.normalize import METHODS, ScoreNormalizer, check_scores, normalize, percentile
+from torchrec_fusion.fusion.rank_aggregation import (RANK_FUSIONS, borda, combanz, combmax, combmed, combmin,
+                                                     combmnz, combsum, fuse, ranks, rrf, stack_scores)
+from torchrec_fusion.fusion.score import FittedWeights, GatedFusion, StackingFusion, WeightedFusion, fit_weights
+
+__all__ = ["METHODS", "RANK_FUSIONS", "FittedWeights", "GatedFusion", "ScoreNormalizer", "StackingFusion",
+           "WeightedFusion", "borda", "cascade", "check_scores", "combanz", "combmax", "combmed", "combmin",
+           "combmnz", "combsum", "fit_weights", "fuse", "majority_vote", "normalize", "percentile", "ranks", "rrf",
+           "stack_scores", "votes", "weighted_vote"]
