@@ -251,18 +251,18 @@ def test_esmm_model_outputs_ctr_and_ctcvr_and_keeps_pcvr() -> None:
         ESMMArch(4, ["a", "b", "c"])
 
 
-# ESMM is left out: the synthetic "cvr" labels are click-and-convert (a valid pCTCVR label) but are
-# masked to clicked rows, so ESMM would supervise pCTCVR on clicked rows only, which is not ESMM.
 @pytest.mark.parametrize("arch, balancing", [("ple", "uncertainty"), ("cgc", "fixed"), ("aitm", "dwa"),
-                                             ("single_task", "fixed")])
+                                             ("single_task", "fixed"), ("esmm", "fixed")])
 def test_trains_sharded_over_two_processes(arch: str, balancing: str) -> None:
     from torchrec_fusion.training.trainer import train
 
+    # ESMM: a click task and the click-and-convert label over every impression
+    tasks = ["ctr", "ctcvr"] if arch == "esmm" else None
     result = train(TrainConfig(dataset="synthetic", synthetic_rows=3000, synthetic_scale=0.05, epochs=1,
                                world_size=2, batch_size=64, arch=arch, balancing=balancing, embedding_dim=8,
                                expert_layer_sizes=[16], bottom_layer_sizes=[16], tower_layer_sizes=[8],
-                               progress=False, verbose=False))
+                               tasks=tasks, progress=False, verbose=False))
     assert result["world_size"] == 2 and len(result["step_losses"]) > 10
     assert all(math.isfinite(v) for v in result["step_losses"])
-    for task in ("ctr", "cvr", "watch_time"):
+    for task in tasks or ("ctr", "cvr", "watch_time", "ctcvr"):
         assert all(math.isfinite(v) for v in result["tasks"][task].values())

@@ -18,7 +18,7 @@ def test_train_synthetic_two_ranks_writes_metrics(tmp_path: Path, capfd) -> None
     assert "sharding plan:" in printed and "epoch 2/2" in printed
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["samples_per_second"] > 0 and len(m["history"]) == 2
-    assert set(m["tasks"]) == {"ctr", "cvr", "watch_time"}
+    assert set(m["tasks"]) == {"ctr", "cvr", "watch_time", "ctcvr"}
     assert set(m["tasks"]["ctr"]) >= {"auc", "logloss"} and "rmse" in m["tasks"]["watch_time"]
     assert m["tasks"]["ctr"]["count"] == 4000 and m["tasks"]["cvr"]["count"] < 4000  # cvr only where clicked
     assert m["tasks"]["ctr"]["auc"] > 0.7  # the planted structure is learned

@@ -238,7 +238,7 @@ def test_synthetic_layout(synthetic: "tuple[MultiTaskData, MultiTaskData]") -> N
     assert (len(train), len(test)) == (48_000, 12_000)
     assert train.feature_names == ["user", "item", "category", "tags"]
     assert train.num_embeddings == {"user": 10_000, "item": 5_000, "category": 100, "tags": 1_000}
-    assert train.task_names == ["ctr", "cvr", "watch_time"]
+    assert train.task_names == ["ctr", "cvr", "watch_time", "ctcvr"]
     assert train.dense.shape == (48_000, 4) and train.dense.dtype == torch.float32
     for d in (train, test):
         _check_ids(d)
@@ -246,7 +246,9 @@ def test_synthetic_layout(synthetic: "tuple[MultiTaskData, MultiTaskData]") -> N
         assert int(lens.min()) == 0 and int(lens.max()) == SMALL.max_tags
         assert 0.1 < float((lens == 0).float().mean()) < 0.25
         assert torch.equal(d.masks[:, 1], d.labels[:, 0] == 1)  # cvr observed on clicks only
-        assert bool(d.masks[:, [0, 2]].all())
+        assert bool(d.masks[:, [0, 2, 3]].all())
+        # ctcvr = click and conversion on every impression (ESMM's label); equals cvr where clicked
+        assert torch.equal(d.labels[:, 3], d.labels[:, 0] * d.labels[:, 1])
         assert 0.2 < float(d.labels[:, 0].mean()) < 0.6
         assert float(d.labels[:, 2].min()) >= 0
         assert torch.equal(d.extras["user"], d.sparse["user"].values)

@@ -10,7 +10,9 @@ but differ:
 * ``cvr`` (binary, clicked rows only): ``sigmoid(z + 1.5 q_item - 0.5 + noise)``
   with ``q_item`` a per-item quality factor that ``ctr`` does not see;
 * ``watch_time`` (regression, every row): ``softplus(z + 0.7 l_item + 0.5 + noise)``
-  with ``l_item`` a per-item length factor.
+  with ``l_item`` a per-item length factor;
+* ``ctcvr`` (binary, every row): click and conversion, the label ESMM supervises
+  over the entire impression space (``--arch esmm --tasks ctr ctcvr``).
 
 Example::
 
@@ -32,6 +34,7 @@ SYNTHETIC_TASKS: Tuple[TaskSpec, ...] = (
     TaskSpec("ctr", "binary"),
     TaskSpec("cvr", "binary"),
     TaskSpec("watch_time", "regression"),
+    TaskSpec("ctcvr", "binary"),
 )
 
 
@@ -138,8 +141,8 @@ def make_synthetic(config: Optional[SyntheticConfig] = None) -> Tuple[MultiTaskD
 
     # rows are i.i.d., so a contiguous cut is a random split (and avoids a gather)
     offsets = np.concatenate([[0], np.cumsum(tag_lengths)])
-    labels = np.stack([click, convert, watch], 1).astype(np.float32)
-    masks = np.stack([np.ones(n, dtype=bool), click, np.ones(n, dtype=bool)], 1)
+    labels = np.stack([click, convert, watch, convert], 1).astype(np.float32)
+    masks = np.stack([np.ones(n, dtype=bool), click, np.ones(n, dtype=bool), np.ones(n, dtype=bool)], 1)
     num_embeddings = {**cfg.table_sizes, "tags": cfg.num_tags}
 
     def rows(lo: int, hi: int, source: str) -> MultiTaskData:

@@ -1,6 +1,6 @@
 """The multi-task model and its training wrapper, in the shape of TorchRec's DLRM."""
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -85,6 +85,12 @@ class MultiTaskModel(nn.Module):
         reps = self.task_arch(self.feature_arch(dense_features, sparse_features))
         return self.task_arch.combine_outputs(self.towers(reps))
 
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """The dense parameters every task's loss flows through: the dense MLP and the
+        multi-task architecture (experts, gates), not the towers nor the embeddings.
+        Gradient-based loss balancing acts on these."""
+        return list(self.feature_arch.dense_arch.parameters()) + list(self.task_arch.parameters())
+
     def set_output_bias(self, task: str, value: float) -> None:
         """Starts a task's head at ``value`` (the label mean for a regression task)."""
         with torch.no_grad():
@@ -134,6 +140,7 @@ class MultiTaskTrain(nn.Module):
         self.model = model
         self.tasks = model.tasks
         self.balancer = balancer if balancer is not None else FixedWeights(self.tasks)
+        self.balancer.bind(model.shared_parameters)
         self.last_task_losses: Dict[str, torch.Tensor] = {}
 
     def forward(

@@ -111,21 +111,22 @@ def evaluate(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, data: Mu
         while True:
             _, p, y = pipeline.progress(it)
             for k in p:
-                preds.setdefault(k, []).append(p[k].cpu())
-                labels.setdefault(k, []).append(y[k].cpu())
+                preds.setdefault(k, []).append(p[k])  # stays on the device until gathered
+                labels.setdefault(k, []).append(y[k])
             if gates is not None:  # rows with any label: padding rows have none
-                gates.update(arch.gate_weights(), ~torch.stack(list(y.values()), 1).isnan().all(1))
+                keep = ~torch.stack(list(y.values()), 1).isnan().all(1)
+                gates.update({t: w.cpu() for t, w in (arch.gate_weights() or {}).items()}, keep.cpu())
     except StopIteration:
         pass
     model.train()
     if gates is not None and ctx.world_size > 1:
-        flat = gates.tensors()
+        flat = {t: v.to(ctx.device) for t, v in gates.tensors().items()}  # nccl reduces device tensors
         for v in flat.values():
             dist.all_reduce(v)
-        gates.load_tensors(flat)
+        gates.load_tensors({t: v.cpu() for t, v in flat.items()})
     out_p, out_y = {}, {}
     for k in preds:
-        p, y = torch.stack(preds[k]), torch.stack(labels[k])  # nb x B (x C)
+        p, y = torch.stack(preds[k]), torch.stack(labels[k])  # nb x B (x C), on the device
         if ctx.world_size > 1:
             gp = [torch.empty_like(p) for _ in range(ctx.world_size)]
             gy = [torch.empty_like(y) for _ in range(ctx.world_size)]
@@ -134,8 +135,8 @@ def evaluate(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, data: Mu
             p, y = torch.stack(gp, 1), torch.stack(gy, 1)  # nb x world x B: global row order
         # flat position i*G + r*B + k is data row i*G + r*B + k; padding only lies past len(data)
         n = len(data)
-        out_p[k] = p.reshape(y.numel(), -1)[:n].squeeze(1)
-        out_y[k] = y.reshape(-1)[:n]
+        out_p[k] = p.reshape(y.numel(), -1)[:n].squeeze(1).cpu()
+        out_y[k] = y.reshape(-1)[:n].cpu()
     return out_p, out_y
 
 

@@ -4,6 +4,9 @@ from typing import Any, Dict, Sequence, Type
 
 from torchrec_fusion.losses.balancing.base import FixedWeights, LossBalancer
 from torchrec_fusion.losses.balancing.dwa import DynamicWeightAverage
+from torchrec_fusion.losses.balancing.gradient import GradientBalancer
+from torchrec_fusion.losses.balancing.gradnorm import GradNorm
+from torchrec_fusion.losses.balancing.pcgrad import PCGrad
 from torchrec_fusion.losses.balancing.uncertainty import UncertaintyWeighting
 from torchrec_fusion.tasks import TaskSpec
 
@@ -11,6 +14,8 @@ BALANCERS: Dict[str, Type[LossBalancer]] = {
     "fixed": FixedWeights,
     "uncertainty": UncertaintyWeighting,
     "dwa": DynamicWeightAverage,
+    "gradnorm": GradNorm,
+    "pcgrad": PCGrad,
 }
 
 
@@ -21,5 +26,5 @@ def build_balancer(name: str, tasks: Sequence[TaskSpec], **kwargs: Any) -> LossB
     return BALANCERS[name](tasks, **kwargs)
 
 
-__all__ = ["BALANCERS", "DynamicWeightAverage", "FixedWeights", "LossBalancer", "UncertaintyWeighting",
-           "build_balancer"]
+__all__ = ["BALANCERS", "DynamicWeightAverage", "FixedWeights", "GradNorm", "GradientBalancer", "LossBalancer",
+           "PCGrad", "UncertaintyWeighting", "build_balancer"]

@@ -1,7 +1,7 @@
 """Loss balancing: how per-task losses become the one loss that is minimised."""
 
 from abc import ABC, abstractmethod
-from typing import Dict, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -19,6 +19,10 @@ class LossBalancer(nn.Module, ABC):
     def __init__(self, tasks: Sequence[TaskSpec]) -> None:
         super().__init__()
         self.task_names = [t.name for t in tasks]
+
+    def bind(self, shared_parameters: Callable[[], List[nn.Parameter]]) -> None:
+        """Gives gradient-based strategies the model's shared dense parameters
+        (called by ``MultiTaskTrain``); loss-based strategies ignore it."""
 
     @abstractmethod
     def forward(self, losses: Dict[str, torch.Tensor]) -> torch.Tensor:
