@@ -1,6 +1,5 @@
 """Every script in examples/ runs, on small sizes."""
 
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,19 @@ def test_custom_loop_example_trains() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "steps, loss" in proc.stdout
+
+
+def test_compare_mtl_script_smoke(tmp_path: Path) -> None:
+    """scripts/compare_mtl.py end to end on a tiny synthetic grid (the real run is on ml-100k)."""
+    out = tmp_path / "cmp"
+    proc = subprocess.run([sys.executable, "scripts/compare_mtl.py", "--dataset", "synthetic", "--synthetic-rows",
+                           "3000", "--archs", "ple", "--balancing", "fixed", "gradnorm", "--seeds", "0",
+                           "--epochs", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = out.with_suffix(".md").read_text()
+    assert "| ple | fixed |" in table and "| ple | gradnorm |" in table
+    runs = __import__("json").loads(out.with_suffix(".json").read_text())["runs"]
+    assert len(runs) == 2 and all(0.5 < r["tasks"]["ctr"]["auc"] < 1 for r in runs)
 
 
 def test_every_example_is_covered() -> None:

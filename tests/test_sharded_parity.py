@@ -33,19 +33,29 @@ def _assert_same(a: dict, b: dict) -> None:
     assert a["step_losses"][-1] < a["step_losses"][0]
 
 
+TABLES = ("t_user", "t_item", "t_category", "t_tags", "t_user_history", "t_item_audience")
+
+
+def _split_columns(sharding: str) -> dict:
+    # 16 columns cut into shards of 8: each rank holds half of every table's columns
+    return {t: {"sharding_types": [sharding], "min_partition": 8} for t in TABLES}
+
+
 @pytest.mark.parametrize(
     "sharding, constraints",
     [
         ("table_wise", None),
-        # 16 columns cut into two shards of 8: each rank holds half of every table's columns
-        ("column_wise", {t: {"sharding_types": ["column_wise"], "min_partition": 8}
-                         for t in ("t_user", "t_item", "t_category", "t_tags")}),
+        ("column_wise", _split_columns("column_wise")),
+        ("table_column_wise", _split_columns("table_column_wise")),
+        # offered on CPU by AnyDeviceEmbeddingBagCollectionSharder (TorchRec offers them for CUDA only)
+        ("row_wise", None),
+        ("table_row_wise", None),
     ],
 )
 def test_two_ranks_match_one_process(reference: dict, sharding: str, constraints) -> None:
     sharded = _run(2, 64, sharding_type=sharding, constraints=constraints, embedding_optimizer="adagrad")
-    if constraints:
-        assert sharded["plan"].count("2 shard(s)") == 4, sharded["plan"]
+    if constraints or sharding in ("row_wise", "table_row_wise"):
+        assert sharded["plan"].count("2 shard(s)") == len(TABLES), sharded["plan"]
     assert sharding in sharded["plan"]
     _assert_same(reference, sharded)
 
