@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_data import DATA_100K, _ml100k
+
 from torchrec_fusion.cli import main
 from torchrec_fusion.data.dataset import MultiTaskData, SparseColumn
 from torchrec_fusion.tasks import TaskSpec

@@ -3,9 +3,8 @@
 import json
 from pathlib import Path
 
-import pytest
-
 from conftest import ML100K, needs_ml100k
+
 from torchrec_fusion.cli import main
 
 

@@ -9,9 +9,29 @@ import pytest
 import torch
 
 from torchrec_fusion.evaluation.metrics import auc
-from torchrec_fusion.fusion import (RANK_FUSIONS, GatedFusion, ScoreNormalizer, StackingFusion, WeightedFusion,
-                                    borda, cascade, combanz, combmax, combmed, combmin, combmnz, combsum,
-                                    fit_weights, fuse, majority_vote, normalize, ranks, rrf, votes, weighted_vote)
+from torchrec_fusion.fusion import (
+    RANK_FUSIONS,
+    GatedFusion,
+    ScoreNormalizer,
+    StackingFusion,
+    WeightedFusion,
+    borda,
+    cascade,
+    combanz,
+    combmax,
+    combmed,
+    combmin,
+    combmnz,
+    combsum,
+    fit_weights,
+    fuse,
+    majority_vote,
+    normalize,
+    ranks,
+    rrf,
+    votes,
+    weighted_vote,
+)
 
 NAN, INF = float("nan"), float("inf")
 

@@ -8,8 +8,17 @@ import math
 import pytest
 import torch
 
-from torchrec_fusion.evaluation.ranking import (as_mask, group_to_padded, hit_rate, mrr, ndcg, ranking_metrics,
-                                                recall, sample_negatives, sampled_ranking_metrics)
+from torchrec_fusion.evaluation.ranking import (
+    as_mask,
+    group_to_padded,
+    hit_rate,
+    mrr,
+    ndcg,
+    ranking_metrics,
+    recall,
+    sample_negatives,
+    sampled_ranking_metrics,
+)
 
 NAN = float("nan")
 

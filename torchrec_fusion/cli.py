@@ -1,13 +1,14 @@
 """The ``torchrec-fusion`` command line."""
 
 import argparse
-import os
 import dataclasses
+import os
 import sys
 import typing
 from typing import Any, Dict, List, Optional, Sequence
 
 from torchrec_fusion.training.config import TrainConfig
+
 
 def _choices() -> Dict[str, Sequence[str]]:
     from torchrec_fusion.data.sources import DATASETS

@@ -2,10 +2,9 @@
 
 import json
 import logging
-import warnings
-import math
 import os
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
