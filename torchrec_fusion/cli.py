@@ -13,6 +13,8 @@ from torchrec_fusion.training.config import TrainConfig
 def _choices() -> Dict[str, Sequence[str]]:
     from torchrec_fusion.data.sources import DATASETS
     from torchrec_fusion.distributed.sharding import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, SHARDING_TYPES
+    from torchrec_fusion.fusion.head import TRAINABLE_FUSIONS
+    from torchrec_fusion.fusion.normalize import METHODS as NORMALIZERS
     from torchrec_fusion.losses import BALANCERS
     from torchrec_fusion.modules.architectures import ARCHITECTURES
 
@@ -20,6 +22,7 @@ def _choices() -> Dict[str, Sequence[str]]:
         "dataset": DATASETS, "arch": sorted(ARCHITECTURES), "balancing": sorted(BALANCERS),
         "embedding_optimizer": sorted(EMBEDDING_OPTIMIZERS), "dense_optimizer": sorted(DENSE_OPTIMIZERS),
         "sharding_type": SHARDING_TYPES, "device": ["cpu", "cuda"],
+        "fusion": ["none", *TRAINABLE_FUSIONS], "fusion_normalizer": list(NORMALIZERS),
     }
 
 
@@ -33,6 +36,10 @@ HELP = {
     "sharding_type": "force this sharding type on every table (default: the planner chooses)",
     "batch_size": "per-rank batch size",
     "output_dir": "where metrics.json is written",
+    "fusion": "fuse the task predictions into one score, trained in the same loop (rank aggregation: "
+              "torchrec_fusion.fusion.rank_aggregation)",
+    "fusion_target": "binary task whose label supervises the fused score (default: the first binary task)",
+    "fusion_weights": "weighted fusion: fixed weights, one per task, instead of learnt simplex weights",
 }
 
 
@@ -85,7 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
             return 0
-        summary = {t: {k: round(v, 4) for k, v in m.items() if k != "count"} for t, m in result["tasks"].items()}
+        shown = {**result["tasks"], **({"fused": result["fused"]} if result.get("fused") else {})}
+        summary = {t: {k: round(v, 4) for k, v in m.items() if isinstance(v, float)} for t, m in shown.items()}
         print(f"final ({result['eval_split']}): {summary}  samples/s={result['samples_per_second']:.0f}")
     return 0
 

@@ -1,6 +1,7 @@
 """Process groups and a local launcher: the same entry point under torchrun or ``--world-size N``."""
 
 import os
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -9,6 +10,9 @@ from typing import Any, Callable, List, Optional
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+
+_STORE_FILE_ENV = "TORCHREC_FUSION_STORE_FILE"
 
 
 @dataclass
@@ -44,9 +48,11 @@ def init_distributed(device: Optional[str] = None) -> DistContext:
     """
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
+    store = os.environ.get(_STORE_FILE_ENV)
+    if not store:  # env:// rendezvous (torchrun sets these; a lone process makes its own)
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(free_port())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -59,7 +65,9 @@ def init_distributed(device: Optional[str] = None) -> DistContext:
         # share the cores among the local ranks instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        # the local launcher meets through a file, so no rendezvous port can be taken by another job
+        init = f"file://{store}" if store else None
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, init_method=init)
     return DistContext(rank, world, local_rank, local_world, dev, backend)
 
 
@@ -69,10 +77,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(local_rank: int, world_size: int, port: int, out_dir: str, fn: Callable[..., Any], args: tuple) -> None:
+def _worker(local_rank: int, world_size: int, out_dir: str, fn: Callable[..., Any], args: tuple) -> None:
     os.environ.update(
         RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        LOCAL_WORLD_SIZE=str(world_size), **{_STORE_FILE_ENV: os.path.join(out_dir, "store")},
     )
     try:
         result = fn(*args)
@@ -100,17 +108,19 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any) -> List[Any]:
     if under_torchrun():
         return [fn(*args)]
     if world_size == 1:  # in this process: no spawn cost; leave no trace in the environment
-        keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", _STORE_FILE_ENV)
         saved = {k: os.environ.get(k) for k in keys}
         threads = torch.get_num_threads()
+        tmp = tempfile.mkdtemp(prefix="torchrec_fusion_")
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+                          **{_STORE_FILE_ENV: os.path.join(tmp, "store")})
         try:
             return [fn(*args)]
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
             torch.set_num_threads(threads)
+            shutil.rmtree(tmp, ignore_errors=True)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -118,7 +128,7 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any) -> List[Any]:
                     os.environ[k] = v
     with tempfile.TemporaryDirectory() as out_dir:
         try:
-            mp.start_processes(_worker, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size,
+            mp.start_processes(_worker, args=(world_size, out_dir, fn, args), nprocs=world_size,
                                join=True, start_method="spawn")
         except (mp.ProcessRaisedException, mp.ProcessExitedException):
             for r in range(world_size):  # re-raise the first rank's own error, not the spawn wrapper

@@ -8,7 +8,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_fusion.data.batch import MultiTaskBatch
-from torchrec_fusion.losses import FixedWeights, LossBalancer, task_losses
+from torchrec_fusion.losses import FixedWeights, LossBalancer, task_loss, task_losses
 from torchrec_fusion.modules.architectures import MultiTaskArch, build_architecture
 from torchrec_fusion.modules.features import FeatureArch
 from torchrec_fusion.modules.towers import TaskTowers
@@ -82,8 +82,14 @@ class MultiTaskModel(nn.Module):
         """Returns raw outputs per task: logits (binary ``[B]``, multiclass ``[B, C]``)
         or values (regression ``[B]``); :func:`to_predictions` turns them into
         probabilities."""
-        reps = self.task_arch(self.feature_arch(dense_features, sparse_features))
-        return self.task_arch.combine_outputs(self.towers(reps))
+        return self.forward_with_features(dense_features, sparse_features)[0]
+
+    def forward_with_features(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
+                              ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """The outputs of :meth:`forward` and the feature vector ``[B, H]`` they came from."""
+        features = self.feature_arch(dense_features, sparse_features)
+        outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features)))
+        return outputs, features
 
     def shared_parameters(self) -> List[nn.Parameter]:
         """The dense parameters every task's loss flows through: the dense MLP and the
@@ -113,10 +119,16 @@ class MultiTaskTrain(nn.Module):
     Args:
         model: the multi-task model.
         balancer: combines the per-task losses; fixed ``loss_weight`` by default.
+        fusion: optional fusion head (``torchrec_fusion.fusion.head.FusionHead``):
+            fuses the detached task predictions (and the feature vector as
+            context) into one score, trained in the same loop.
+        fusion_target: the binary task whose label supervises the fused score.
+        fusion_loss_weight: weight of the fusion loss in the total loss.
 
     ``forward(batch)`` returns ``(loss, (loss.detach(), predictions, labels))``:
-    predictions and labels are dicts keyed by task name; a label that is
-    absent (mask False) is NaN, so metrics skip it. The last per-task losses
+    predictions and labels are dicts keyed by task name (and ``"fused"``, the
+    fused probability and its target label, with a fusion head); a label that
+    is absent (mask False) is NaN, so metrics skip it. The last per-task losses
     are kept in ``last_task_losses``.
 
     Example::
@@ -135,25 +147,46 @@ class MultiTaskTrain(nn.Module):
         assert labels["like"].isnan().tolist() == [False, True]
     """
 
-    def __init__(self, model: MultiTaskModel, balancer: Optional[LossBalancer] = None) -> None:
+    def __init__(self, model: MultiTaskModel, balancer: Optional[LossBalancer] = None,
+                 fusion: Optional[nn.Module] = None, fusion_target: Optional[str] = None,
+                 fusion_loss_weight: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.tasks = model.tasks
         self.balancer = balancer if balancer is not None else FixedWeights(self.tasks)
         self.balancer.bind(model.shared_parameters)
+        self.fusion = fusion
+        self.fusion_loss_weight = fusion_loss_weight
+        self._fusion_col = -1
+        if fusion is not None:
+            names = [t.name for t in self.tasks]
+            target = fusion_target or next((t.name for t in self.tasks if t.kind == TaskKind.BINARY), None)
+            if target not in names or self.tasks[names.index(target)].kind != TaskKind.BINARY:
+                raise ValueError(f"fusion target must be a binary task of {names}, got {target!r}")
+            self._fusion_col = names.index(target)
         self.last_task_losses: Dict[str, torch.Tensor] = {}
 
     def forward(
         self, batch: MultiTaskBatch
     ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]]:
-        outputs = self.model(batch.dense_features, batch.sparse_features)
+        outputs, features = self.model.forward_with_features(batch.dense_features, batch.sparse_features)
         losses = task_losses(self.tasks, outputs, batch.labels, batch.masks, batch.weights)
         loss = self.balancer(losses)
         if self.model.feature_arch.embedding_l2 and self.training:
             loss = loss + self.model.feature_arch.penalty
-        self.last_task_losses = {k: v.detach() for k, v in losses.items()}
         preds = {k: v.detach() for k, v in to_predictions(self.tasks, outputs).items()}
         nan = torch.full_like(batch.labels, float("nan"))
         labels_t = torch.where(batch.masks, batch.labels, nan)
         labels = {t.name: labels_t[:, j] for j, t in enumerate(self.tasks)}
+        if self.fusion is not None:
+            j = self._fusion_col
+            fused = self.fusion(preds, features)
+            w = None if batch.weights is None else batch.weights[:, j]
+            losses["fused"] = task_loss(FUSED_TASK, fused, batch.labels[:, j], batch.masks[:, j], w)
+            loss = loss + self.fusion_loss_weight * losses["fused"]
+            preds["fused"], labels["fused"] = torch.sigmoid(fused).detach(), labels_t[:, j]
+        self.last_task_losses = {k: v.detach() for k, v in losses.items()}
         return loss, (loss.detach(), preds, labels)
+
+
+FUSED_TASK = TaskSpec("fused", TaskKind.BINARY)

@@ -44,6 +44,12 @@ class TrainConfig:
     dense_lr: float = 1e-3
     dense_weight_decay: float = 0.0
     balancing: str = "fixed"
+    # score fusion after the task heads, trained in the same loop
+    fusion: str = "none"
+    fusion_target: Optional[str] = None  # binary task supervising the fused score (default: the first)
+    fusion_normalizer: str = "zscore"
+    fusion_weights: Optional[List[float]] = None  # weighted: fixed weights instead of learnt ones
+    fusion_loss_weight: float = 1.0
     # distribution
     world_size: int = 1
     device: Optional[str] = None

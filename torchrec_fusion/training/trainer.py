@@ -27,8 +27,9 @@ from torchrec_fusion.distributed.sharding import (
 )
 from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.evaluation.metrics import task_metrics
+from torchrec_fusion.fusion.head import FusionHead
 from torchrec_fusion.losses import build_balancer
-from torchrec_fusion.modules.model import MultiTaskModel, MultiTaskTrain
+from torchrec_fusion.modules.model import FUSED_TASK, MultiTaskModel, MultiTaskTrain
 from torchrec_fusion.tasks import TaskKind, select_tasks
 from torchrec_fusion.training.config import TrainConfig
 
@@ -70,7 +71,12 @@ def build_train_model(config: TrainConfig, data: MultiTaskData, device: str = "m
     for j, t in enumerate(data.tasks):
         if t.kind == TaskKind.REGRESSION and data.masks[:, j].any():
             model.set_output_bias(t.name, float(data.labels[data.masks[:, j], j].mean()))
-    return MultiTaskTrain(model, build_balancer(config.balancing, data.tasks))
+    fusion = None
+    if config.fusion != "none":
+        fusion = FusionHead(config.fusion, data.task_names, model.feature_arch.out_features,
+                            config.fusion_normalizer, config.fusion_weights)
+    return MultiTaskTrain(model, build_balancer(config.balancing, data.tasks), fusion, config.fusion_target,
+                          config.fusion_loss_weight)
 
 
 def prepare_data(config: TrainConfig) -> Tuple[MultiTaskData, MultiTaskData, str, Dict[str, Any]]:
@@ -208,11 +214,14 @@ def run(config: TrainConfig) -> Dict[str, Any]:
         preds, labels = evaluate(pipeline, dmp, evald, ctx, config.eval_batch_size, gate_stats)
         metrics = task_metrics(tasks, preds, labels)
         gates, task_weights = gate_stats.result(), dmp.module.balancer.task_weights()
-        history.append({"epoch": epoch + 1, "train_loss": float(epoch_losses.mean()), "tasks": metrics,
-                        "gates": gates, "task_weights": task_weights})
-        log(f"epoch {epoch + 1}/{config.epochs} train_loss={float(epoch_losses.mean()):.4f} "
-            + " ".join(f"{t}:" + ",".join(f"{k}={v:.4f}" for k, v in m.items() if k != "count")
-                       for t, m in metrics.items()))
+        entry = {"epoch": epoch + 1, "train_loss": float(epoch_losses.mean()), "tasks": metrics,
+                 "gates": gates, "task_weights": task_weights}
+        if dmp.module.fusion is not None:
+            entry["fused"] = {**task_metrics([FUSED_TASK], preds, labels)["fused"], **dmp.module.fusion.describe()}
+        history.append(entry)
+        shown = {**metrics, **({"fused": entry["fused"]} if "fused" in entry else {})}
+        log(f"epoch {epoch + 1}/{config.epochs} train_loss={float(epoch_losses.mean()):.4f} " + " ".join(
+            f"{t}:" + ",".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)) for t, m in shown.items()))
         if gates:
             log("  gates: " + "  ".join(
                 f"{t}=[{' '.join(f'{w:.2f}' for w in g['mean_weight'])}] H={g['normalised_entropy']:.2f}"
@@ -222,6 +231,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
         "tasks": history[-1]["tasks"] if history else {},
         "gates": history[-1]["gates"] if history else {},
         "task_weights": history[-1]["task_weights"] if history else {},
+        "fused": history[-1].get("fused", {}) if history else {},
         "samples_per_second": samples / train_seconds if train_seconds else 0.0,
         "world_size": ctx.world_size,
         "eval_split": eval_split,
