@@ -53,3 +53,18 @@ def test_fused_model_trains_sharded_over_two_processes(fusion: str) -> None:
         w = r["fused"]["weights"]
         assert set(w) == {"ctr", "cvr", "watch_time", "ctcvr"} and abs(sum(w.values()) - 1) < 1e-5
         assert all(v >= 0 for v in w.values())
+
+
+def test_ensemble_of_two_models_with_own_tables_trains_under_one_dmp() -> None:
+    """An MMoE and TorchRec's DLRM, each with its own EmbeddingBagCollection, planned and sharded
+    together by one DMP over 2 processes, trained in one loop and fused by a stacking head."""
+    r = train(TrainConfig(dataset="synthetic", synthetic_rows=6000, synthetic_scale=0.05, epochs=2, world_size=2,
+                          batch_size=64, ensemble=["mmoe", "dlrm"], fusion="stacking", fusion_target="ctr",
+                          tasks=["ctr", "watch_time"], progress=False, verbose=False, dropout=0.0))
+    plan = r["plan"]
+    for member in ("mmoe", "dlrm"):
+        assert f"members.{member}." in plan and f"{member}_t_user:" in plan, plan
+    assert plan.count("table_wise") + plan.count("column_wise") + plan.count("data_parallel") >= 12
+    assert set(r["tasks"]) == {"mmoe_ctr", "mmoe_watch_time", "dlrm_ctr"}
+    assert r["fused"]["count"] == r["tasks"]["dlrm_ctr"]["count"] == 1200
+    assert r["fused"]["auc"] > 0.6 and r["tasks"]["dlrm_ctr"]["auc"] > 0.6

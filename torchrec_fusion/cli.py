@@ -40,6 +40,8 @@ HELP = {
               "torchrec_fusion.fusion.rank_aggregation)",
     "fusion_target": "binary task whose label supervises the fused score (default: the first binary task)",
     "fusion_weights": "weighted fusion: fixed weights, one per task, instead of learnt simplex weights",
+    "ensemble": "train several complete models (architecture names, or dlrm for TorchRec's DLRM), each with its "
+                "own tables, under one DMP; combine with --fusion",
 }
 
 

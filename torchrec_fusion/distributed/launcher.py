@@ -11,7 +11,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
 _STORE_FILE_ENV = "TORCHREC_FUSION_STORE_FILE"
 
 

@@ -91,6 +91,23 @@ class MultiTaskModel(nn.Module):
         outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features)))
         return outputs, features
 
+    @property
+    def feature_dim(self) -> int:
+        """Width of the feature vector returned by :meth:`forward_with_features`."""
+        return self.feature_arch.out_features
+
+    def label_columns(self) -> Optional[List[int]]:
+        """Batch label column of each task when they differ from the task order (ensembles)."""
+        return None
+
+    def regularization(self) -> Optional[torch.Tensor]:
+        """The embedding penalty of the last training forward, if any."""
+        return self.feature_arch.penalty if self.feature_arch.embedding_l2 and self.training else None
+
+    def gate_weights(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The architecture's last gate weights per task (None without gates)."""
+        return self.task_arch.gate_weights()
+
     def shared_parameters(self) -> List[nn.Parameter]:
         """The dense parameters every task's loss flows through: the dense MLP and the
         multi-task architecture (experts, gates), not the towers nor the embeddings.
@@ -147,7 +164,7 @@ class MultiTaskTrain(nn.Module):
         assert labels["like"].isnan().tolist() == [False, True]
     """
 
-    def __init__(self, model: MultiTaskModel, balancer: Optional[LossBalancer] = None,
+    def __init__(self, model: nn.Module, balancer: Optional[LossBalancer] = None,
                  fusion: Optional[nn.Module] = None, fusion_target: Optional[str] = None,
                  fusion_loss_weight: float = 1.0) -> None:
         super().__init__()
@@ -157,6 +174,7 @@ class MultiTaskTrain(nn.Module):
         self.balancer.bind(model.shared_parameters)
         self.fusion = fusion
         self.fusion_loss_weight = fusion_loss_weight
+        self._label_cols = model.label_columns()
         self._fusion_col = -1
         if fusion is not None:
             names = [t.name for t in self.tasks]
@@ -170,19 +188,22 @@ class MultiTaskTrain(nn.Module):
         self, batch: MultiTaskBatch
     ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]]:
         outputs, features = self.model.forward_with_features(batch.dense_features, batch.sparse_features)
-        losses = task_losses(self.tasks, outputs, batch.labels, batch.masks, batch.weights)
+        y, m, w = batch.labels, batch.masks, batch.weights
+        if self._label_cols is not None:  # several outputs read the same label column (ensembles)
+            y, m = y[:, self._label_cols], m[:, self._label_cols]
+            w = None if w is None else w[:, self._label_cols]
+        losses = task_losses(self.tasks, outputs, y, m, w)
         loss = self.balancer(losses)
-        if self.model.feature_arch.embedding_l2 and self.training:
-            loss = loss + self.model.feature_arch.penalty
+        penalty = self.model.regularization()
+        if penalty is not None:
+            loss = loss + penalty
         preds = {k: v.detach() for k, v in to_predictions(self.tasks, outputs).items()}
-        nan = torch.full_like(batch.labels, float("nan"))
-        labels_t = torch.where(batch.masks, batch.labels, nan)
+        labels_t = torch.where(m, y, torch.full_like(y, float("nan")))
         labels = {t.name: labels_t[:, j] for j, t in enumerate(self.tasks)}
         if self.fusion is not None:
             j = self._fusion_col
             fused = self.fusion(preds, features)
-            w = None if batch.weights is None else batch.weights[:, j]
-            losses["fused"] = task_loss(FUSED_TASK, fused, batch.labels[:, j], batch.masks[:, j], w)
+            losses["fused"] = task_loss(FUSED_TASK, fused, y[:, j], m[:, j], None if w is None else w[:, j])
             loss = loss + self.fusion_loss_weight * losses["fused"]
             preds["fused"], labels["fused"] = torch.sigmoid(fused).detach(), labels_t[:, j]
         self.last_task_losses = {k: v.detach() for k, v in losses.items()}

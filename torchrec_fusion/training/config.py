@@ -50,6 +50,8 @@ class TrainConfig:
     fusion_normalizer: str = "zscore"
     fusion_weights: Optional[List[float]] = None  # weighted: fixed weights instead of learnt ones
     fusion_loss_weight: float = 1.0
+    # several complete models, each with its own tables, under one DMP (architecture names or "dlrm")
+    ensemble: Optional[List[str]] = None
     # distribution
     world_size: int = 1
     device: Optional[str] = None

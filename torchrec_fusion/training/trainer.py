@@ -1,5 +1,6 @@
 """The sharded training loop: planner, DMP, fused optimizer, TrainPipelineSparseDist."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
@@ -29,6 +31,7 @@ from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.evaluation.metrics import task_metrics
 from torchrec_fusion.fusion.head import FusionHead
 from torchrec_fusion.losses import build_balancer
+from torchrec_fusion.modules.ensemble import DLRMMember, ModelEnsemble
 from torchrec_fusion.modules.model import FUSED_TASK, MultiTaskModel, MultiTaskTrain
 from torchrec_fusion.tasks import TaskKind, select_tasks
 from torchrec_fusion.training.config import TrainConfig
@@ -42,26 +45,36 @@ def quiet_third_party_logs() -> None:
         warnings.filterwarnings("ignore", category=category, module=r"(torchrec|torch|torchrec_fusion)(\.|$)")
 
 
-def build_ebc(data: MultiTaskData, embedding_dim: int, device: str = "meta") -> EmbeddingBagCollection:
-    """One table ``t_<feature>`` per sparse feature, sized from the data; on ``meta``
+def build_ebc(data: MultiTaskData, embedding_dim: int, device: str = "meta", prefix: str = "") -> EmbeddingBagCollection:
+    """One table ``<prefix>t_<feature>`` per sparse feature, sized from the data; on ``meta``
     by default so that no rank ever materialises a whole table before sharding."""
     pooling = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
     tables = [
-        EmbeddingBagConfig(name=f"t_{f}", embedding_dim=embedding_dim, num_embeddings=data.num_embeddings[f],
+        EmbeddingBagConfig(name=f"{prefix}t_{f}", embedding_dim=embedding_dim, num_embeddings=data.num_embeddings[f],
                            feature_names=[f], pooling=pooling[data.pooling.get(f, "sum")])
         for f in data.feature_names
     ]
     return EmbeddingBagCollection(tables=tables, device=torch.device(device))
 
 
-def build_train_model(config: TrainConfig, data: MultiTaskData, device: str = "meta") -> MultiTaskTrain:
-    """The model of ``config`` for ``data``'s features and tasks, wrapped for training."""
+def build_model(config: TrainConfig, data: MultiTaskData, arch: str, device: str = "meta",
+                prefix: str = "") -> torch.nn.Module:
+    """One complete model of architecture ``arch`` (or TorchRec's DLRM, ``"dlrm"``) with its own tables."""
+    ebc = build_ebc(data, config.embedding_dim, device, prefix)
+    if arch == "dlrm":
+        binary = [t for t in data.tasks if t.kind == TaskKind.BINARY]
+        if not binary:
+            raise ValueError("a dlrm ensemble member needs a binary task")
+        target = next((t for t in binary if t.name == config.fusion_target), binary[0])
+        dlrm = DLRM(ebc, data.dense.size(1), list(config.dense_arch_layer_sizes) + [config.embedding_dim],
+                    list(config.tower_layer_sizes) + [1])
+        return DLRMMember(dlrm, target)
     model = MultiTaskModel(
-        build_ebc(data, config.embedding_dim, device),
+        ebc,
         dense_in_features=data.dense.size(1),
         tasks=data.tasks,
-        arch=config.arch,
-        arch_kwargs=config.arch_kwargs(),
+        arch=arch,
+        arch_kwargs=dataclasses.replace(config, arch=arch).arch_kwargs(),
         dense_arch_layer_sizes=config.dense_arch_layer_sizes,
         tower_layer_sizes=config.tower_layer_sizes,
         interaction=config.interaction,
@@ -71,11 +84,27 @@ def build_train_model(config: TrainConfig, data: MultiTaskData, device: str = "m
     for j, t in enumerate(data.tasks):
         if t.kind == TaskKind.REGRESSION and data.masks[:, j].any():
             model.set_output_bias(t.name, float(data.labels[data.masks[:, j], j].mean()))
+    return model
+
+
+def build_train_model(config: TrainConfig, data: MultiTaskData, device: str = "meta") -> MultiTaskTrain:
+    """The model of ``config`` for ``data``'s features and tasks (an ensemble of complete
+    models with ``config.ensemble``), wrapped for training with its balancing and fusion."""
+    target = config.fusion_target
+    if config.ensemble:
+        names = [f"{a}{i}" if config.ensemble.count(a) > 1 else a for i, a in enumerate(config.ensemble)]
+        model: torch.nn.Module = ModelEnsemble(
+            {n: build_model(config, data, a, device, prefix=f"{n}_") for n, a in zip(names, config.ensemble)},
+            data.task_names)
+        if target is not None:  # the fused score is supervised by the batch column of that task
+            target = next((t.name for t in model.tasks if t.name.endswith(f"_{target}")), target)
+    else:
+        model = build_model(config, data, config.arch, device)
     fusion = None
     if config.fusion != "none":
-        fusion = FusionHead(config.fusion, data.task_names, model.feature_arch.out_features,
+        fusion = FusionHead(config.fusion, [t.name for t in model.tasks], model.feature_dim,
                             config.fusion_normalizer, config.fusion_weights)
-    return MultiTaskTrain(model, build_balancer(config.balancing, data.tasks), fusion, config.fusion_target,
+    return MultiTaskTrain(model, build_balancer(config.balancing, model.tasks), fusion, target,
                           config.fusion_loss_weight)
 
 
@@ -108,7 +137,7 @@ def evaluate(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, data: Mu
     absent labels), gathered from all ranks in row order; gate statistics of the
     architecture go into ``gates`` when given."""
     model.eval()
-    arch = getattr(model, "module", model).model.task_arch
+    inner = getattr(model, "module", model).model
     preds: Dict[str, List[torch.Tensor]] = {}
     labels: Dict[str, List[torch.Tensor]] = {}
     it = data.batches(batch_size, rank=ctx.rank, world_size=ctx.world_size, drop_last=False)
@@ -120,7 +149,7 @@ def evaluate(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, data: Mu
                 labels.setdefault(k, []).append(y[k])
             if gates is not None:  # rows with any label: padding rows have none
                 keep = ~torch.stack(list(y.values()), 1).isnan().all(1)
-                gates.update({t: w.cpu() for t, w in (arch.gate_weights() or {}).items()}, keep.cpu())
+                gates.update({t: w.cpu() for t, w in (inner.gate_weights() or {}).items()}, keep.cpu())
     except StopIteration:
         pass
     model.train()
@@ -169,7 +198,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     )
     seed_embedding_tables(dmp, config.seed)
     pipeline = TrainPipelineSparseDist(dmp, optimizer, ctx.device)
-    tasks = train.tasks
+    tasks = model.tasks
 
     history: List[Dict[str, Any]] = []
     step_losses: List[float] = []
