@@ -32,6 +32,45 @@ def _rows_bags(bags: SparseColumn, row_keys: torch.Tensor, exclude: torch.Tensor
     return SparseColumn(vals[keep], torch.cat([lens.new_zeros(1), lens.cumsum(0)]))
 
 
+class InteractionHistory:
+    """Per-user and per-item interaction bags from the training rows, ready to be attached
+    to any rows (training, test, or candidate pairs) with :meth:`add_to`.
+
+    Args:
+        train: the training rows (``user`` and ``item`` extras).
+        max_len: at most this many ids per bag (a seeded random choice).
+        seed: seed of that choice.
+    """
+
+    def __init__(self, train: MultiTaskData, max_len: int = 64, seed: int = 0, user: str = "user",
+                 item: str = "item") -> None:
+        missing = [k for k in (user, item) if k not in train.extras]
+        if missing:
+            raise ValueError(f"{train.source}: history features need the extras {missing}")
+        if max_len < 1:
+            raise ValueError(f"history max_len must be >= 1, got {max_len}")
+        self.user, self.item = user, item
+        u_tr, i_tr = train.extras[user].long(), train.extras[item].long()
+        self.num_users = max(int(u_tr.max()) + 1, train.num_embeddings.get(user, 0))
+        self.num_items = max(int(i_tr.max()) + 1, train.num_embeddings.get(item, 0))
+        self.by_user = _grouped_bags(u_tr, i_tr, self.num_users, max_len, seed)
+        self.by_item = _grouped_bags(i_tr, u_tr, self.num_items, max_len, seed + 1)
+
+    def add_to(self, d: MultiTaskData) -> MultiTaskData:
+        """Adds the ``user_history`` and ``item_audience`` bags to ``d`` (in place), each row
+        leaving out its own (user, item) interaction."""
+        u, i = d.extras[self.user].long(), d.extras[self.item].long()
+        if len(d) and (int(u.max()) >= self.num_users or int(i.max()) >= self.num_items):
+            raise ValueError(f"{d.source}: user or item index beyond the training vocabularies")
+        d.sparse["user_history"] = _rows_bags(self.by_user, u, i)
+        d.sparse["item_audience"] = _rows_bags(self.by_item, i, u)
+        d.num_embeddings["user_history"] = self.num_items
+        d.num_embeddings["item_audience"] = self.num_users
+        d.pooling.update(user_history="mean", item_audience="mean")
+        d.validate()
+        return d
+
+
 def add_history_features(train: MultiTaskData, test: MultiTaskData, max_len: int = 64, seed: int = 0,
                          user: str = "user", item: str = "item") -> Tuple[MultiTaskData, MultiTaskData]:
     """Adds ``user_history`` (items the row's user interacted with) and ``item_audience``
@@ -50,23 +89,8 @@ def add_history_features(train: MultiTaskData, test: MultiTaskData, max_len: int
         tr, te = add_history_features(tr, te, max_len=8)
         assert int(tr.sparse["user_history"].lengths().max()) <= 8
     """
-    for d in (train, test):
-        missing = [k for k in (user, item) if k not in d.extras]
-        if missing:
-            raise ValueError(f"{d.source}: history features need the extras {missing}")
-    if max_len < 1:
-        raise ValueError(f"history max_len must be >= 1, got {max_len}")
-    u_tr, i_tr = train.extras[user].long(), train.extras[item].long()
-    num_users = int(max(u_tr.max(), test.extras[user].max())) + 1
-    num_items = int(max(i_tr.max(), test.extras[item].max())) + 1
-    by_user = _grouped_bags(u_tr, i_tr, num_users, max_len, seed)
-    by_item = _grouped_bags(i_tr, u_tr, num_items, max_len, seed + 1)
-    for d in (train, test):
-        u, i = d.extras[user].long(), d.extras[item].long()
-        d.sparse["user_history"] = _rows_bags(by_user, u, i)
-        d.sparse["item_audience"] = _rows_bags(by_item, i, u)
-        d.num_embeddings["user_history"] = max(num_items, train.num_embeddings.get(item, 0))
-        d.num_embeddings["item_audience"] = max(num_users, train.num_embeddings.get(user, 0))
-        d.pooling.update(user_history="mean", item_audience="mean")
-        d.validate()
-    return train, test
+    history = InteractionHistory(train, max_len, seed, user, item)
+    for d in (test, train):
+        if user not in d.extras or item not in d.extras:
+            raise ValueError(f"{d.source}: history features need the extras {[user, item]}")
+    return history.add_to(train), history.add_to(test)

@@ -16,7 +16,7 @@ import csv
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
@@ -63,6 +63,13 @@ class MovieLens:
     num_users: int
     num_items: int
     variant: str
+    _items: Optional["_Items"] = field(default=None, repr=False)
+    _users: Optional["_Users"] = field(default=None, repr=False)
+
+    def candidates(self, user: torch.Tensor, item: torch.Tensor) -> MultiTaskData:
+        """Rows for arbitrary (user index, item index) pairs, with the features of the
+        ratings rows and no labels (masks all False): candidates to score and rank."""
+        return _rows(user.long(), item.long(), self._items, self._users, "candidates")
 
 
 # (line, raw id, title, year or None, genre indices)
@@ -156,7 +163,7 @@ def load_movielens(
         train_rows, test_rows = (r.numpy() for r in random_split_rows(len(vals), test_fraction, seed))
         train = _build(vals[train_rows], lines[train_rows], path, items, users, f"{variant}/train")
         test = _build(vals[test_rows], lines[test_rows], path, items, users, f"{variant}/test")
-    return MovieLens(train, test, items.titles, len(users.ids), len(items.ids), variant)
+    return MovieLens(train, test, items.titles, len(users.ids), len(items.ids), variant, items, users)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -253,11 +260,11 @@ def _raise_first_non_numeric(path: Path, data: bytes, sep: bytes, header: bool) 
     for number, line in enumerate(data.split(b"\n"), 1):
         if (header and number == 1) or not line.strip():
             continue
-        for j, field in enumerate(line.split(sep), 1):
+        for j, value in enumerate(line.split(sep), 1):
             try:
-                float(field)
+                float(value)
             except ValueError:
-                text = field.decode("latin-1")
+                text = value.decode("latin-1")
                 raise ValueError(f"{path}:{number}: field {j} ({text!r}) is not a number") from None
     raise ValueError(f"{path}: could not parse the file as numbers")
 
@@ -303,6 +310,13 @@ def _build(
     raw_user, raw_item = vals[:, 0].astype(np.int64), vals[:, 1].astype(np.int64)
     user = torch.from_numpy(_lookup(users.ids, raw_user, "user", users.path, path, lines))
     item = torch.from_numpy(_lookup(items.ids, raw_item, "item", items.path, path, lines))
+    rating = torch.from_numpy(vals[:, 2].astype(np.float32))
+    return _rows(user, item, items, users, source, rating, torch.from_numpy(vals[:, 3].astype(np.int64)))
+
+
+def _rows(user: torch.Tensor, item: torch.Tensor, items: _Items, users: _Users, source: str,
+          rating: Optional[torch.Tensor] = None, timestamp: Optional[torch.Tensor] = None) -> MultiTaskData:
+    """Rows of (user, item) index pairs with their features; labelled when ``rating`` is given."""
     genre_values, genre_lengths = items.genres.take(item)
     genre_offsets = torch.cat([genre_lengths.new_zeros(1), genre_lengths.cumsum(0)])
     sparse = {
@@ -321,20 +335,20 @@ def _build(
             sparse[name] = SparseColumn(torch.from_numpy(index)[user])
             num_embeddings[name] = max(size, 1)
         dense.append(torch.from_numpy((users.age / 50.0).astype(np.float32))[user])
-    rating = torch.from_numpy(vals[:, 2].astype(np.float32))
+    n, t = len(user), len(MOVIELENS_TASKS)
+    labelled = rating is not None
+    rating = rating if labelled else torch.zeros(n)
+    extras = {"user": user, "item": item, "rating": rating}
+    if timestamp is not None:
+        extras["timestamp"] = timestamp
     return MultiTaskData(
         dense=torch.stack(dense, 1),
         sparse=sparse,
         num_embeddings=num_embeddings,
         tasks=list(MOVIELENS_TASKS),
         labels=torch.stack([(rating >= 4).float(), rating], 1),
-        masks=torch.ones(len(rating), len(MOVIELENS_TASKS), dtype=torch.bool),
-        extras={
-            "user": user,
-            "item": item,
-            "timestamp": torch.from_numpy(vals[:, 3].astype(np.int64)),
-            "rating": rating,
-        },
+        masks=torch.full((n, t), labelled, dtype=torch.bool),
+        extras=extras,
         source=source,
     )
 

@@ -1,7 +1,9 @@
 """Datasets by name: the synthetic default and MovieLens from a local directory."""
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
+
+import torch
 
 from torchrec_fusion.data.dataset import MultiTaskData
 
@@ -14,6 +16,8 @@ class LoadedData:
     test: MultiTaskData
     info: Dict[str, object] = field(default_factory=dict)
     item_titles: Optional[List[str]] = None
+    # rows for arbitrary (user, item) index pairs, for ranking the catalogue (None: not available)
+    candidates: Optional[Callable[[torch.Tensor, torch.Tensor], MultiTaskData]] = None
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, split: Optional[str] = "auto", seed: int = 0,
@@ -34,5 +38,6 @@ def load_dataset(name: str, data_dir: Optional[str] = None, split: Optional[str]
         from torchrec_fusion.data.movielens import load_movielens
 
         ml = load_movielens(data_dir, split=split, seed=seed)
-        return LoadedData(ml.train, ml.test, {"dataset": ml.variant, "data_dir": str(data_dir)}, ml.item_titles)
+        info = {"dataset": ml.variant, "data_dir": str(data_dir), "num_items": ml.num_items}
+        return LoadedData(ml.train, ml.test, info, ml.item_titles, ml.candidates)
     raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")

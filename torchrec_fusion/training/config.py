@@ -50,6 +50,10 @@ class TrainConfig:
     fusion_normalizer: str = "zscore"
     fusion_weights: Optional[List[float]] = None  # weighted: fixed weights instead of learnt ones
     fusion_loss_weight: float = 1.0
+    # rank the whole item catalogue for each evaluated user after training (MovieLens)
+    ranking_eval: bool = False
+    ranking_relevance: str = "like"  # a held-out row is relevant where this binary label is 1
+    ranking_k: List[int] = field(default_factory=lambda: [10])
     # several complete models, each with its own tables, under one DMP (architecture names or "dlrm")
     ensemble: Optional[List[str]] = None
     # distribution

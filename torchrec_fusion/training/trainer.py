@@ -6,7 +6,7 @@ import logging
 import os
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -17,7 +17,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_fusion.data.dataset import MultiTaskData
-from torchrec_fusion.data.history import add_history_features
+from torchrec_fusion.data.history import InteractionHistory
 from torchrec_fusion.data.sources import load_dataset
 from torchrec_fusion.distributed.launcher import DistContext, init_distributed, launch
 from torchrec_fusion.distributed.sharding import (
@@ -27,6 +27,7 @@ from torchrec_fusion.distributed.sharding import (
     seed_embedding_tables,
     shard_model,
 )
+from torchrec_fusion.evaluation.catalogue import candidate_chunks, catalogue_report, catalogue_task
 from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.evaluation.metrics import task_metrics
 from torchrec_fusion.fusion.head import FusionHead
@@ -108,25 +109,48 @@ def build_train_model(config: TrainConfig, data: MultiTaskData, device: str = "m
                           config.fusion_loss_weight)
 
 
-def prepare_data(config: TrainConfig) -> Tuple[MultiTaskData, MultiTaskData, str, Dict[str, Any]]:
-    """(train, eval, eval split name, info) for ``config``: the dataset's train
-    split, and its test split or a validation split carved from train."""
+@dataclasses.dataclass
+class PreparedData:
+    """The rows a run trains and evaluates on, and how to build candidate rows for ranking."""
+
+    train: MultiTaskData
+    eval: MultiTaskData
+    eval_split: str
+    info: Dict[str, Any]
+    candidates: Optional[Callable[[torch.Tensor, torch.Tensor], MultiTaskData]] = None
+
+
+def prepare_data(config: TrainConfig) -> PreparedData:
+    """The dataset's train split, and its test split or a validation split carved from
+    train (``eval_split`` says which); history bags and candidate rows from the training
+    rows only."""
     loaded = load_dataset(config.dataset, config.data_dir, config.split, config.seed, config.synthetic_rows,
                           config.synthetic_scale)
     train, test = loaded.train, loaded.test
-    if config.tasks:
-        keep = select_tasks(train.tasks, config.tasks)
-        cols = [train.task_names.index(t.name) for t in keep]
-        for d in (train, test):
-            d.tasks, d.labels, d.masks = keep, d.labels[:, cols], d.masks[:, cols]
+    keep = select_tasks(train.tasks, config.tasks) if config.tasks else None
+
+    def select(d: MultiTaskData) -> MultiTaskData:
+        if keep is not None:
+            cols = [d.task_names.index(t.name) for t in keep]
+            d.tasks, d.labels, d.masks = list(keep), d.labels[:, cols], d.masks[:, cols]
             d.weights = None if d.weights is None else d.weights[:, cols]
+        return d
+
+    train, test = select(train), select(test)
     split = "test"
     if config.validation_fraction > 0:  # the test split is then never read
         train, test = train.split(config.validation_fraction, config.seed)
         split = "validation"
+    history = None
     if config.history_length > 0:  # from the (final) training rows only
-        train, test = add_history_features(train, test, config.history_length, config.seed)
-    return train, test, split, loaded.info
+        history = InteractionHistory(train, config.history_length, config.seed)
+        history.add_to(train), history.add_to(test)
+    candidates = None
+    if loaded.candidates is not None:
+        def candidates(user: torch.Tensor, item: torch.Tensor) -> MultiTaskData:
+            rows = select(loaded.candidates(user, item))
+            return history.add_to(rows) if history is not None else rows
+    return PreparedData(train, test, split, loaded.info, candidates)
 
 
 @torch.no_grad()
@@ -174,12 +198,34 @@ def evaluate(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, data: Mu
     return out_p, out_y
 
 
+def rank_catalogue(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, prepared: PreparedData,
+                   ctx: DistContext, config: TrainConfig, task_names: List[str]) -> Dict[str, Dict[str, float]]:
+    """Scores every (evaluated user, item) pair with the sharded model and reports the ranking
+    metrics of each task score, of the fused score, and of rank aggregations of the task scores."""
+    if prepared.candidates is None:
+        raise ValueError(f"--ranking-eval needs a dataset that can build candidate rows (movielens), "
+                         f"not {config.dataset!r}")
+    train, evald = prepared.train, prepared.eval
+    if config.ranking_relevance not in evald.task_names:
+        raise ValueError(f"ranking relevance task {config.ranking_relevance!r} is not one of {evald.task_names}")
+    task = catalogue_task(train, evald, train.num_embeddings["item"], config.ranking_relevance, config.seed)
+    scores: Dict[str, torch.Tensor] = {}
+    for rows_of, rows in candidate_chunks(task, prepared.candidates):
+        preds, _ = evaluate(pipeline, model, rows, ctx, config.eval_batch_size)
+        for name, p in preds.items():
+            if p.dim() == 1:  # one score per row (multiclass outputs are not ranked)
+                scores.setdefault(name, torch.empty(task.positives.shape))[rows_of] = p.view(-1, task.num_items)
+    fuse_over = [n for n in task_names if n in scores]
+    return catalogue_report(scores, task, config.ranking_k, fuse_over=fuse_over, seed=config.seed)
+
+
 def run(config: TrainConfig) -> Dict[str, Any]:
     """One rank's whole run; returns the metrics (rank 0 also writes metrics.json)."""
     quiet_third_party_logs()
     ctx = init_distributed(config.device)
     torch.manual_seed(config.seed)
-    train, evald, eval_split, info = prepare_data(config)
+    prepared = prepare_data(config)
+    train, evald, eval_split, info = prepared.train, prepared.eval, prepared.eval_split, prepared.info
     log = print if (ctx.is_main and config.verbose) else (lambda *a, **k: None)
     log(f"data: {info.get('dataset')} train={len(train)} {eval_split}={len(evald)} "
         f"features={train.feature_names} tasks={train.task_names}")
@@ -256,6 +302,11 @@ def run(config: TrainConfig) -> Dict[str, Any]:
                 f"{t}=[{' '.join(f'{w:.2f}' for w in g['mean_weight'])}] H={g['normalised_entropy']:.2f}"
                 + (" COLLAPSED" if g["collapsed"] else "") for t, g in gates.items()))
 
+    if config.ranking_eval:
+        ranking = rank_catalogue(pipeline, dmp, prepared, ctx, config, [t.name for t in tasks])
+        log("ranking (full catalogue, seen items excluded): " + "; ".join(
+            f"{name} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith(("hr@", "ndcg@")))
+            for name, m in ranking.items()))
     result: Dict[str, Any] = {
         "tasks": history[-1]["tasks"] if history else {},
         "gates": history[-1]["gates"] if history else {},
@@ -267,6 +318,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
         "train_seconds": train_seconds,
         "history": history,
         "step_losses": step_losses,
+        "ranking": ranking if config.ranking_eval else {},
         "plan": describe_plan(plan),
         "data": info,
         "config": config.to_dict(),
