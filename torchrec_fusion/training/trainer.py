@@ -27,7 +27,7 @@ from torchrec_fusion.distributed.sharding import (
     seed_embedding_tables,
     shard_model,
 )
-from torchrec_fusion.evaluation.catalogue import candidate_chunks, catalogue_report, catalogue_task
+from torchrec_fusion.evaluation.catalogue import CatalogueTask, candidate_chunks, catalogue_report, catalogue_task
 from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.evaluation.metrics import task_metrics
 from torchrec_fusion.fusion.head import FusionHead
@@ -199,9 +199,11 @@ def evaluate(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, data: Mu
 
 
 def rank_catalogue(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, prepared: PreparedData,
-                   ctx: DistContext, config: TrainConfig, task_names: List[str]) -> Dict[str, Dict[str, float]]:
+                   ctx: DistContext, config: TrainConfig, task_names: List[str]
+                   ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, torch.Tensor], CatalogueTask]:
     """Scores every (evaluated user, item) pair with the sharded model and reports the ranking
-    metrics of each task score, of the fused score, and of rank aggregations of the task scores."""
+    metrics of each task score, of the fused score, and of rank aggregations of the task scores;
+    also returns the ``[U, N]`` score matrices and the ranking task."""
     if prepared.candidates is None:
         raise ValueError(f"--ranking-eval needs a dataset that can build candidate rows (movielens), "
                          f"not {config.dataset!r}")
@@ -216,7 +218,8 @@ def rank_catalogue(pipeline: TrainPipelineSparseDist, model: torch.nn.Module, pr
             if p.dim() == 1:  # one score per row (multiclass outputs are not ranked)
                 scores.setdefault(name, torch.empty(task.positives.shape))[rows_of] = p.view(-1, task.num_items)
     fuse_over = [n for n in task_names if n in scores]
-    return catalogue_report(scores, task, config.ranking_k, fuse_over=fuse_over, seed=config.seed)
+    report = catalogue_report(scores, task, config.ranking_k, fuse_over=fuse_over, seed=config.seed)
+    return report, scores, task
 
 
 def run(config: TrainConfig) -> Dict[str, Any]:
@@ -303,7 +306,8 @@ def run(config: TrainConfig) -> Dict[str, Any]:
                 + (" COLLAPSED" if g["collapsed"] else "") for t, g in gates.items()))
 
     if config.ranking_eval:
-        ranking = rank_catalogue(pipeline, dmp, prepared, ctx, config, [t.name for t in tasks])
+        ranking, ranking_scores, ranking_task = rank_catalogue(pipeline, dmp, prepared, ctx, config,
+                                                               [t.name for t in tasks])
         log("ranking (full catalogue, seen items excluded): " + "; ".join(
             f"{name} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith(("hr@", "ndcg@")))
             for name, m in ranking.items()))
@@ -330,6 +334,8 @@ def run(config: TrainConfig) -> Dict[str, Any]:
         log(f"samples/s={result['samples_per_second']:.0f}; wrote {os.path.join(config.output_dir, 'metrics.json')}")
     if config.keep_predictions:
         result["predictions"], result["labels"] = preds, labels
+        if config.ranking_eval:
+            result["ranking_scores"], result["ranking_task"] = ranking_scores, ranking_task
     return result
 
 
