@@ -1,8 +1,8 @@
 """Ranking the whole catalogue: the task's bookkeeping by hand, and the sharded run on MovieLens."""
 
 import torch
-
 from conftest import ML100K, needs_ml100k
+
 from torchrec_fusion.data.dataset import MultiTaskData, SparseColumn
 from torchrec_fusion.evaluation.catalogue import catalogue_report, catalogue_task
 from torchrec_fusion.tasks import TaskSpec

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import ML100K, needs_ml100k
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,6 +29,19 @@ def test_compare_mtl_script_smoke(tmp_path: Path) -> None:
     assert "| ple | fixed |" in table and "| ple | gradnorm |" in table
     runs = __import__("json").loads(out.with_suffix(".json").read_text())["runs"]
     assert len(runs) == 2 and all(0.5 < r["tasks"]["ctr"]["auc"] < 1 for r in runs)
+
+
+@needs_ml100k
+def test_compare_fusion_script_smoke(tmp_path: Path) -> None:
+    """scripts/compare_fusion.py end to end on ml-100k with one short seed."""
+    out = tmp_path / "fus"
+    proc = subprocess.run([sys.executable, "scripts/compare_fusion.py", "--data-dir", str(ML100K), "--seeds", "0",
+                           "--epochs", "1", "--world-size", "1", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = out.with_suffix(".md").read_text()
+    for row in ("like (single score)", "learnt weighted head", "fitted weighted (validation)", "RRF (k=60)", "Borda"):
+        assert f"| {row} |" in table, table
 
 
 def test_every_example_is_covered() -> None:

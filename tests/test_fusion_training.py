@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from test_models import TASKS, _batch, _ebc
+
 from torchrec_fusion.fusion.head import FusionHead
 from torchrec_fusion.modules import MultiTaskModel, MultiTaskTrain
 from torchrec_fusion.training.config import TrainConfig
