@@ -77,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a multi-task model, sharded by TorchRec's planner",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_config_args(train)
+    from torchrec_fusion.fusion.files import FILE_FUSIONS
+
+    fuse = sub.add_parser("fuse", help="fuse the score files of separate runs (train --save-scores)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fuse.add_argument("files", nargs="+", help="score files (OUT/scores.csv of each run)")
+    fuse.add_argument("--method", required=True, choices=FILE_FUSIONS,
+                      help="rank aggregation within each user's rows, or weighted per-user z-scores")
+    fuse.add_argument("--label", required=True, help="binary label the fused score is evaluated against")
+    fuse.add_argument("--scores", nargs="+", help="scores to fuse, as <run folder>:<task> (default: all)")
+    fuse.add_argument("--weights", nargs="+", type=float, help="one weight per fused score")
+    fuse.add_argument("--k", type=int, default=10, help="cutoff of NDCG@k and HR@k")
+    fuse.add_argument("--output-dir", required=True, help="where fused.csv and metrics.json are written")
     return parser
 
 
@@ -97,6 +109,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         shown = {**result["tasks"], **({"fused": result["fused"]} if result.get("fused") else {})}
         summary = {t: {k: round(v, 4) for k, v in m.items() if isinstance(v, float)} for t, m in shown.items()}
         print(f"final ({result['eval_split']}): {summary}  samples/s={result['samples_per_second']:.0f}")
+    if args.command == "fuse":
+        import json
+
+        from torchrec_fusion.fusion.files import fuse_files, write_scores
+
+        try:
+            keys, fused, report = fuse_files(args.files, args.method, args.label, args.scores, args.weights, args.k)
+        except (ValueError, OSError) as e:
+            print(f"torchrec-fusion: error: {e}", file=sys.stderr)
+            return 2
+        os.makedirs(args.output_dir, exist_ok=True)
+        write_scores(os.path.join(args.output_dir, "fused.csv"), {"user": keys[:, 0], "item": keys[:, 1]}, {},
+                     {"fused": fused})
+        with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+            json.dump({"method": args.method, "label": args.label, "files": args.files,
+                       "fused": report["fused"], "scores": {k: v for k, v in report.items() if k != "fused"}}, f,
+                      indent=2)
+        for name, m in report.items():
+            print(f"{name:24s} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
     return 0
 
 

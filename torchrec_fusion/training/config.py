@@ -65,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     # output
     output_dir: Optional[str] = None
+    save_scores: bool = False  # write OUT/scores.csv: the eval split's labels and scores, for `fuse`
     progress: bool = True
     verbose: bool = True
     keep_predictions: bool = False  # return eval predictions from run() (tests)

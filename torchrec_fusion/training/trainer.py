@@ -30,6 +30,7 @@ from torchrec_fusion.distributed.sharding import (
 from torchrec_fusion.evaluation.catalogue import CatalogueTask, candidate_chunks, catalogue_report, catalogue_task
 from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.evaluation.metrics import task_metrics
+from torchrec_fusion.fusion.files import write_scores
 from torchrec_fusion.fusion.head import FusionHead
 from torchrec_fusion.losses import build_balancer
 from torchrec_fusion.modules.ensemble import DLRMMember, ModelEnsemble
@@ -332,6 +333,12 @@ def run(config: TrainConfig) -> Dict[str, Any]:
         with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
             json.dump(result, f, indent=2)
         log(f"samples/s={result['samples_per_second']:.0f}; wrote {os.path.join(config.output_dir, 'metrics.json')}")
+        if config.save_scores and history:
+            keys = ({k: evald.extras[k] for k in ("user", "item")} if {"user", "item"} <= set(evald.extras)
+                    else {"row": torch.arange(len(evald))})
+            one_d = [k for k, v in preds.items() if v.dim() == 1]
+            write_scores(os.path.join(config.output_dir, "scores.csv"), keys,
+                         {k: labels[k] for k in one_d}, {k: preds[k] for k in one_d})
     if config.keep_predictions:
         result["predictions"], result["labels"] = preds, labels
         if config.ranking_eval:
