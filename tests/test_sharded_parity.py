@@ -47,7 +47,7 @@ def _split_columns(sharding: str) -> dict:
         ("table_wise", None),
         ("column_wise", _split_columns("column_wise")),
         ("table_column_wise", _split_columns("table_column_wise")),
-        # offered on CPU by AnyDeviceEmbeddingBagCollectionSharder (TorchRec offers them for CUDA only)
+        # offered on CPU by CpuEmbeddingBagCollectionSharder when asked (TorchRec offers them for CUDA only)
         ("row_wise", None),
         ("table_row_wise", None),
     ],
@@ -65,3 +65,13 @@ def test_rowwise_adagrad_table_wise_matches() -> None:
     ref = _run(1, 128, sharding_type="table_wise")
     sharded = _run(2, 64, sharding_type="table_wise")
     _assert_same(ref, sharded)
+
+
+def test_cpu_sharder_offers_what_was_measured() -> None:
+    from torchrec_fusion.distributed.sharding import make_sharders
+
+    # unasked: no data_parallel on CPU (its dense kernel has no autograd kernel there) and no row-wise family
+    assert make_sharders()[0].sharding_types("cpu") == ["table_wise", "column_wise", "table_column_wise"]
+    assert "row_wise" in make_sharders("row_wise")[0].sharding_types("cpu")
+    assert "data_parallel" in make_sharders("data_parallel")[0].sharding_types("cpu")
+    assert "data_parallel" in make_sharders()[0].sharding_types("cuda")  # TorchRec's own list elsewhere

@@ -34,15 +34,31 @@ DENSE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
 }
 
 
-class AnyDeviceEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
-    """The EBC sharder, offering every sharding type on every device.
+class CpuEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
+    """The EBC sharder, with the sharding types it offers on CPU chosen by what was measured.
 
-    TorchRec offers row_wise, table_row_wise and grid sharding for "cuda"
-    only; they work on CPU with gloo too, so this sharder offers them there.
+    * row_wise, table_row_wise and grid_shard: TorchRec offers them for "cuda" only; they
+      train on CPU with gloo too, so they are offered when ``cuda_only_types`` is set (the
+      user asked for one of them): unasked, the planner would pick row-wise, whose lookups
+      measured about 15x slower than table-wise on CPU.
+    * data_parallel: on CPU its dense TBE kernel has no autograd kernel
+      (``fbgemm::dense_embedding_codegen_lookup_function``; PyTorch warns that the backward
+      "may lead to silently incorrect behavior"), and 2 ranks measured different from one
+      process from the second step on; it is offered only when ``data_parallel`` is set.
+    On other devices TorchRec's own list is used.
     """
 
+    def __init__(self, cuda_only_types: bool = False, data_parallel: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cuda_only_types, self._data_parallel = cuda_only_types, data_parallel
+
     def sharding_types(self, compute_device_type: str) -> List[str]:
-        return super().sharding_types("cuda" if compute_device_type == "cpu" else compute_device_type)
+        if compute_device_type != "cpu":
+            return super().sharding_types(compute_device_type)
+        types = super().sharding_types("cuda" if self._cuda_only_types else "cpu")
+        if self._data_parallel and ShardingType.DATA_PARALLEL.value not in types:
+            types.append(ShardingType.DATA_PARALLEL.value)
+        return [t for t in types if self._data_parallel or t != ShardingType.DATA_PARALLEL.value]
 
 
 def _pick(registry: Mapping[str, Any], name: str, what: str) -> Any:
@@ -100,15 +116,13 @@ CUDA_ONLY_TYPES = {ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.valu
 
 def make_sharders(sharding_type: Optional[str] = None,
                   constraints: Optional[Mapping[str, ParameterConstraints]] = None) -> List[Any]:
-    """TorchRec's EBC sharder, or :class:`AnyDeviceEmbeddingBagCollectionSharder` when the
-    user asks for a type TorchRec offers on CUDA only. The planner is not offered those
-    types unasked: on CPU, row-wise lookups measured about 15x slower than table-wise."""
+    """The EBC sharder for a run: see :class:`CpuEmbeddingBagCollectionSharder` for the types
+    offered on CPU unless the user asks for them (``sharding_type`` or ``constraints``)."""
     asked = {sharding_type} if sharding_type else set()
     for c in (constraints or {}).values():
         asked |= set(c.sharding_types or [])
-    if asked & CUDA_ONLY_TYPES:
-        return [AnyDeviceEmbeddingBagCollectionSharder()]
-    return [EmbeddingBagCollectionSharder()]
+    return [CpuEmbeddingBagCollectionSharder(cuda_only_types=bool(asked & CUDA_ONLY_TYPES),
+                                             data_parallel=ShardingType.DATA_PARALLEL.value in asked)]
 
 
 def default_sharders() -> List[Any]:
