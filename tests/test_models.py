@@ -114,3 +114,18 @@ def test_task_spec_errors_name_the_problem() -> None:
         MultiTaskModel(_ebc(), 3, TASKS, arch="moe")
     with pytest.raises(KeyError, match="no task 'ctr'"):
         _batch().label("ctr")
+
+
+def test_embedding_l2_penalty_is_added_in_training_only() -> None:
+    torch.manual_seed(0)
+    b = _batch()
+    plain = MultiTaskModel(_ebc(), 3, TASKS, arch="shared_bottom")
+    reg = MultiTaskModel(_ebc(), 3, TASKS, arch="shared_bottom", embedding_l2=0.5)
+    reg.load_state_dict(plain.state_dict())
+    loss_plain, _ = MultiTaskTrain(plain)(b)
+    loss_reg, _ = MultiTaskTrain(reg)(b)
+    pooled = reg.feature_arch.sparse_arch(b.sparse_features)  # B x F x D
+    torch.testing.assert_close(loss_reg - loss_plain, 0.5 * pooled.pow(2).sum(dim=(1, 2)).mean())
+    reg.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(MultiTaskTrain(reg)(b)[0], MultiTaskTrain(plain)(b)[0])
