@@ -3,6 +3,7 @@
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
@@ -83,16 +84,25 @@ def _worker(local_rank: int, world_size: int, out_dir: str, fn: Callable[..., An
     )
     try:
         result = fn(*args)
-        torch.save(result, os.path.join(out_dir, f"rank{local_rank}.pt"))
+        path = os.path.join(out_dir, f"rank{local_rank}.pt")
+        torch.save(result, path + ".tmp")
+        os.replace(path + ".tmp", path)  # published whole
     except BaseException as e:  # hand the original error to the parent, then fail so peers are stopped
         try:
             torch.save(e, os.path.join(out_dir, f"rank{local_rank}.err"))
         except Exception:
             pass
-        raise
-    finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    # Done: wait for the peers, then leave without the interpreter's teardown. Rarely (2 of ~200
+    # launches seen), a rank aborted in C++ teardown ("terminate called without an active
+    # exception") after its work was done; os._exit skips those destructors.
+    if dist.is_initialized():
+        dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(fn: Callable[..., Any], world_size: int, *args: Any) -> List[Any]:
@@ -134,5 +144,8 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any) -> List[Any]:
                 err = os.path.join(out_dir, f"rank{r}.err")
                 if os.path.exists(err):
                     raise torch.load(err, weights_only=False) from None
-            raise
+            if not all(os.path.exists(os.path.join(out_dir, f"rank{r}.pt")) for r in range(world_size)):
+                raise
+            # every rank published its result before a process died on its way out: keep the results
+            print("torchrec-fusion: warning: a rank died after finishing its work; results kept", file=sys.stderr)
         return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
