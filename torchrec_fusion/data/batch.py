@@ -1,7 +1,7 @@
 """The multi-task batch that flows through ``TrainPipelineSparseDist``."""
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -55,9 +55,6 @@ class MultiTaskBatch(Pipelineable):
 
     def weight(self, name: str) -> Optional[torch.Tensor]:
         return None if self.weights is None else self.weights[:, self._col(name)]
-
-    def labels_dict(self) -> Dict[str, torch.Tensor]:
-        return {n: self.labels[:, i] for i, n in enumerate(self.task_names)}
 
     @property
     def batch_size(self) -> int:

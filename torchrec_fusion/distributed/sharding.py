@@ -125,10 +125,6 @@ def make_sharders(sharding_type: Optional[str] = None,
                                              data_parallel=ShardingType.DATA_PARALLEL.value in asked)]
 
 
-def default_sharders() -> List[Any]:
-    return make_sharders()
-
-
 def describe_plan(plan: ShardingPlan) -> str:
     """One line per table: sharding type, kernel and the ranks holding it."""
     lines = []
@@ -162,7 +158,7 @@ def shard_model(
     emb_params = [p for m in model.modules() if isinstance(m, EmbeddingBagCollection) for p in m.parameters()]
     apply_optimizer_in_backward(emb_cls, emb_params, {"lr": embedding_lr, **(embedding_optimizer_kwargs or {})})
     dmp = DistributedModelParallel(module=model, device=ctx.device, plan=plan,
-                                   sharders=sharders or default_sharders())
+                                   sharders=sharders or make_sharders())
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     dense_kwargs = {"lr": dense_lr, **(dense_optimizer_kwargs or {})}
     dense = KeyedOptimizerWrapper(dense_params, lambda ps: dense_cls(ps, **dense_kwargs))

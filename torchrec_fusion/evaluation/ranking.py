@@ -218,6 +218,22 @@ def sampled_ranking_metrics(scores: torch.Tensor, heldout: torch.Tensor, num_neg
     return ranking_metrics(s, positives, ks)
 
 
+def group_positions(groups: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
+    """Where each flat row goes in a padded ``[G, M]`` matrix of its group's rows: (row, col, shape);
+    groups in sorted id order, rows in their original order.
+
+    Example::
+
+        row, col, shape = group_positions(torch.tensor([7, 3, 7]))
+        assert row.tolist() == [1, 0, 1] and col.tolist() == [0, 0, 1] and shape == (2, 2)
+    """
+    _, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    order = torch.argsort(inv, stable=True)
+    col = torch.empty_like(inv)
+    col[order] = torch.arange(groups.numel()) - (counts.cumsum(0) - counts)[inv[order]]
+    return inv, col, (counts.numel(), int(counts.max()) if counts.numel() else 0)
+
+
 def group_to_padded(groups: torch.Tensor, scores: torch.Tensor,
                     labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Flat rows (``groups[i]`` = user of row i) to padded ``[G, M]`` scores (NaN padding) and labels
@@ -228,12 +244,8 @@ def group_to_padded(groups: torch.Tensor, scores: torch.Tensor,
         s, y = group_to_padded(torch.tensor([7, 3, 7]), torch.tensor([.1, .2, .3]), torch.tensor([1., 0., 0.]))
         assert s.isnan().tolist() == [[False, True], [False, False]] and y.tolist() == [[0., 0.], [1., 0.]]
     """
-    _, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
-    order = torch.argsort(inv, stable=True)
-    row = inv[order]
-    col = torch.arange(groups.numel()) - (counts.cumsum(0) - counts)[row]
-    shape = (counts.numel(), int(counts.max()) if counts.numel() else 0)
+    row, col, shape = group_positions(groups)
     s = torch.full(shape, torch.nan, dtype=scores.dtype)
     y = torch.zeros(shape, dtype=labels.dtype)
-    s[row, col], y[row, col] = scores[order], labels[order]
+    s[row, col], y[row, col] = scores, labels
     return s, y

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from torchrec_fusion.evaluation.metrics import auc
-from torchrec_fusion.evaluation.ranking import ranking_metrics
+from torchrec_fusion.evaluation.ranking import group_positions, ranking_metrics
 from torchrec_fusion.fusion.rank_aggregation import RANK_FUSIONS, fuse
 
 FILE_FUSIONS = sorted([*RANK_FUSIONS, "weighted"])
@@ -105,17 +105,6 @@ def align(files: Sequence[ScoreFile]) -> Tuple[torch.Tensor, Dict[str, torch.Ten
     return keys, labels, scores
 
 
-def _grouping(groups: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
-    """(row, col) of each flat row in a padded ``[G, M]`` matrix of its group's rows."""
-    _, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
-    order = torch.argsort(inv, stable=True)
-    row = torch.empty_like(inv)
-    col = torch.empty_like(inv)
-    row[order] = inv[order]
-    col[order] = torch.arange(groups.numel()) - (counts.cumsum(0) - counts)[inv[order]]
-    return row, col, (counts.numel(), int(counts.max()) if counts.numel() else 0)
-
-
 def _padded(values: torch.Tensor, row: torch.Tensor, col: torch.Tensor, shape: Tuple[int, int],
             fill: float) -> torch.Tensor:
     out = torch.full(shape, fill, dtype=values.dtype)
@@ -129,7 +118,7 @@ def fuse_scores(keys: torch.Tensor, scores: Dict[str, torch.Tensor], method: str
     ``weighted`` (a weighted sum of per-user z-scores)."""
     if method not in FILE_FUSIONS:
         raise ValueError(f"unknown fusion {method!r}; choose one of {FILE_FUSIONS}")
-    row, col, shape = _grouping(keys[:, 0])
+    row, col, shape = group_positions(keys[:, 0])
     lists = [_padded(s, row, col, shape, math.nan) for s in scores.values()]
     if method == "weighted":
         w = torch.tensor(weights if weights is not None else [1.0] * len(lists), dtype=torch.float64)
@@ -150,7 +139,7 @@ def evaluate_scores(keys: torch.Tensor, label: torch.Tensor, scores: Dict[str, t
     """Per score: AUC against ``label`` and per-user NDCG@k / HR@k / MRR over the listed rows."""
     keep = ~label.isnan()
     keys, label = keys[keep], label[keep]
-    row, col, shape = _grouping(keys[:, 0])
+    row, col, shape = group_positions(keys[:, 0])
     positives = _padded(label, row, col, shape, 0.0) == 1
     out = {}
     for name, s in scores.items():
