@@ -185,6 +185,15 @@ class MultiTaskData:
         )
         return MultiTaskBatch(dense, kjt, labels, masks, tuple(self.task_names), weights)
 
+    @property
+    def num_dense(self) -> int:
+        return self.dense.size(1)
+
+    def label_means(self) -> torch.Tensor:
+        """``[T]`` mean of each task's present labels (NaN where a task has none)."""
+        m = self.masks.float()
+        return (self.labels.nan_to_num() * m).sum(0) / m.sum(0)
+
     def num_batches(self, batch_size: int, world_size: int = 1, drop_last: bool = True) -> int:
         g = batch_size * world_size
         return len(self) // g if drop_last else -(-len(self) // g)
@@ -199,6 +208,7 @@ class MultiTaskData:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
+        start: int = 0,
     ) -> Iterator[MultiTaskBatch]:
         """Yields this rank's batches of ``batch_size`` rows.
 
@@ -208,6 +218,7 @@ class MultiTaskData:
         rows one process would see with batch size ``G``. Every rank yields the
         same number of batches: with ``drop_last=False`` the tail is padded with
         masked-out rows (for evaluation, where every row must count once).
+        ``start`` skips the first global batches (a resumed epoch).
         """
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -217,7 +228,7 @@ class MultiTaskData:
             else torch.arange(len(self))
         )
         g = batch_size * world_size
-        for i in range(self.num_batches(batch_size, world_size, drop_last)):
+        for i in range(start, self.num_batches(batch_size, world_size, drop_last)):
             idx = order[i * g + rank * batch_size : min(i * g + (rank + 1) * batch_size, len(self))]
             yield self.make_batch(idx, pad_to=batch_size)
 

@@ -1,6 +1,7 @@
 """Every option of a training run, in one dataclass (the CLI fills it)."""
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -14,6 +15,8 @@ class TrainConfig:
     # data
     dataset: str = "synthetic"
     data_dir: Optional[str] = None
+    # dataset "table": the user's own Parquet/CSV columns (see torchrec_fusion.data.tabular.TableSpec)
+    table: Optional[Dict[str, Any]] = None
     split: Optional[str] = "auto"
     tasks: Optional[List[str]] = None
     validation_fraction: float = 0.0  # > 0: carve a validation split from train and evaluate on it
@@ -60,18 +63,45 @@ class TrainConfig:
     world_size: int = 1
     device: Optional[str] = None
     sharding_type: Optional[str] = None
+    rank_memory_mb: Optional[float] = None  # the planner's memory budget per rank (default: the device's)
     # per table: ParameterConstraints fields, e.g. {"t_user": {"sharding_types": ["column_wise"], "min_partition": 8}}
     constraints: Optional[Dict[str, Dict[str, Any]]] = None
     seed: int = 0
+    # checkpoints (OUT/checkpoints): every N global steps, and the final model unless save_model is off
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    resume: Optional[str] = None  # "auto" (the latest under OUT/checkpoints, if any) or a checkpoint folder
+    max_steps: Optional[int] = None  # stop after this many global steps (counted across resumes)
+    save_model: bool = True
     # output
     output_dir: Optional[str] = None
     save_scores: bool = False  # write OUT/scores.csv: the eval split's labels and scores, for `fuse`
     progress: bool = True
     verbose: bool = True
     keep_predictions: bool = False  # return eval predictions from run() (tests)
+    report: bool = True  # OUT/report.md with PNG plots of the run
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], source: str = "config") -> "TrainConfig":
+        """A config from a mapping of field names (``-`` or ``_``); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {unknown}; known: {sorted(names)}")
+        return cls(**values)
+
+    def save(self, path: str) -> None:
+        """Writes the whole resolved config as YAML: ``train --config path`` repeats the run."""
+        import yaml
+
+        with open(path + ".tmp", "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+        os.replace(path + ".tmp", path)
+
 
     def arch_kwargs(self) -> Dict[str, Any]:
         if self.arch == "mmoe":
@@ -85,3 +115,30 @@ class TrainConfig:
         if self.arch in ("single_task", "esmm", "aitm"):  # one MLP per task, sized like the shared bottom
             return {"task_layer_sizes": self.bottom_layer_sizes}
         return {}
+
+
+def read_config_file(path: str) -> Dict[str, Any]:
+    """The options in a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file, as a dict."""
+    if not os.path.exists(path):
+        raise ValueError(f"config file {path} does not exist")
+    if path.endswith(".toml"):
+        import tomllib
+
+        with open(path, "rb") as f:
+            try:
+                values = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path}: invalid TOML: {e}") from None
+    elif path.endswith((".yaml", ".yml")):
+        import yaml
+
+        with open(path) as f:
+            try:
+                values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ValueError(f"{path}: invalid YAML: {e}") from None
+    else:
+        raise ValueError(f"config file {path}: use .yaml, .yml or .toml")
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values")
+    return values

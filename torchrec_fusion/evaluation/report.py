@@ -1,0 +1,267 @@
+"""A run's report: PNG figures of its curves under ``OUT/report/`` and an ``OUT/report.md`` linking them."""
+
+import logging
+import math
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+logger = logging.getLogger(__name__)
+
+FIGURES = ("loss.png", "metrics.png", "gates.png", "task_weights.png", "fusion_weights.png")
+Series = Dict[str, List[float]]
+
+
+def _dict(x: Any) -> Dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
+def _list(x: Any) -> List[Any]:
+    return list(x) if isinstance(x, (list, tuple)) else []
+
+
+def _num(x: Any) -> float:
+    """``x`` as a float for plotting: NaN for infinities and for anything that is not a number."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return math.nan if math.isinf(v) else v
+
+
+def _metrics(m: Any) -> Dict[str, float]:
+    """The float metrics of ``m``; counts, flags, strings and nested dicts are left out."""
+    return {k: v for k, v in _dict(m).items() if isinstance(v, float)}
+
+
+def _by_epoch(history: List[Dict[str, Any]], get: Callable[[Dict[str, Any]], Any]) -> Series:
+    """``name -> value per epoch`` of the dict ``get(entry)``; NaN where an epoch lacks the name."""
+    out: Series = {}
+    for i, entry in enumerate(history):
+        for name, v in _dict(get(entry)).items():
+            out.setdefault(str(name), [math.nan] * len(history))[i] = _num(v)
+    return out
+
+
+def _smooth(y: Sequence[float], window: int) -> np.ndarray:
+    """Centred moving average over ``window`` points that skips NaNs."""
+    a = np.asarray(y, dtype=float)
+    ok = np.isfinite(a)
+    k = np.ones(max(1, min(window, len(a))))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.convolve(np.where(ok, a, 0.0), k, "same") / np.convolve(ok.astype(float), k, "same")
+
+
+def _panels(n: int, cols: int = 3) -> List[Axes]:
+    rows, cols = math.ceil(n / cols), min(n, cols)
+    fig = Figure(figsize=(4.8 * cols, 3.6 * rows), layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return axes[:n]
+
+
+def _lines(ax: Axes, x: Sequence[float], series: Series, title: str, ylabel: str, xlabel: str = "epoch") -> None:
+    for name, y in series.items():
+        ax.plot(x, y, marker="o" if len(x) < 30 else None, label=name)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize="small")
+
+
+def _steps(ax: Axes, series: Series, title: str, marks: Sequence[float]) -> None:
+    """Raw (faint) and smoothed step curves, with dotted lines after the steps in ``marks`` (evaluations)."""
+    for name, y in series.items():
+        w = max(1, min(50, len(y) // 10))
+        raw = ax.plot(range(1, len(y) + 1), y, alpha=0.3, lw=0.8)[0]
+        ax.plot(range(1, len(y) + 1), _smooth(y, w), color=raw.get_color(), lw=2, label=f"{name} (avg of {w})")
+    for m in marks:
+        ax.axvline(m + 0.5, color="grey", ls=":", lw=1)
+    _lines(ax, [], {}, title, "loss", "step")
+    ax.legend(fontsize="small")
+
+
+def _lines_figure(series: Series, x: List[float], title: str, ylabel: str) -> Optional[Figure]:
+    if not series:
+        return None
+    ax = _panels(1)[0]
+    _lines(ax, x, series, title, ylabel)
+    return ax.figure
+
+
+def _loss_figure(result: Mapping[str, Any], history: List[Dict[str, Any]], x: List[float]) -> Optional[Figure]:
+    steps = [_num(v) for v in _list(result.get("step_losses"))]
+    per_task = {str(t): [_num(v) for v in _list(l)] for t, l in _dict(result.get("step_task_losses")).items()}
+    per_task = {t: l for t, l in per_task.items() if l}
+    marks = [e["step"] for e in history[:-1] if isinstance(e.get("step"), int)]  # evaluated after these steps
+    if not marks and len(history) > 1 and len(steps) % len(history) == 0:  # older results: even epochs
+        marks = [i * len(steps) // len(history) for i in range(1, len(history))]
+    draw: List[Callable[[Axes], None]] = []
+    if steps:
+        draw.append(lambda ax: _steps(ax, {"train loss": steps}, "training loss per step", marks))
+    if per_task:
+        draw.append(lambda ax: _steps(ax, per_task, "task losses per step", marks))
+    if history:
+        epoch_loss = {"train loss": [_num(e.get("train_loss")) for e in history]}
+        draw.append(lambda ax: _lines(ax, x, epoch_loss, "mean training loss per epoch", "loss"))
+    axes = _panels(len(draw)) if draw else []
+    for ax, d in zip(axes, draw):
+        d(ax)
+    return axes[0].figure if axes else None
+
+
+def _metrics_figure(history: List[Dict[str, Any]], x: List[float]) -> Optional[Figure]:
+    def scored(e: Dict[str, Any]) -> Dict[str, Any]:
+        return {**_dict(e.get("tasks")), **({"fused": e["fused"]} if _dict(e.get("fused")) else {})}
+
+    kinds = list(dict.fromkeys(k for e in history for m in scored(e).values() for k in _metrics(m)))
+    if not kinds:
+        return None
+    axes = _panels(len(kinds))
+    for ax, k in zip(axes, kinds):
+        series = _by_epoch(history, lambda e: {t: m[k] for t, m in scored(e).items() if k in _metrics(m)})
+        _lines(ax, x, series, k, k)
+    return axes[0].figure
+
+
+def _gates_figure(history: List[Dict[str, Any]], x: List[float]) -> Optional[Figure]:
+    at = next((i for i in reversed(range(len(history))) if _dict(history[i].get("gates"))), None)
+    if at is None:
+        return None
+    last = {str(t): _dict(g) for t, g in history[at]["gates"].items()}
+    tasks, n = list(last), max(len(_list(g.get("mean_weight"))) for g in last.values())
+    if n == 0:
+        return None
+    grid = np.full((len(tasks), n), np.nan)
+    for i, t in enumerate(tasks):
+        w = [_num(v) for v in _list(last[t].get("mean_weight"))]
+        grid[i, :len(w)] = w
+    cols, rows = min(len(tasks), 4), math.ceil(len(tasks) / 4)  # evolution panels: 4 a row
+    fig = Figure(figsize=(max(7.0, 4.0 * cols), 1.0 + 0.5 * len(tasks) + 3.2 * rows), layout="constrained")
+    gs = fig.add_gridspec(1 + rows, cols, height_ratios=[0.6 + 0.4 * len(tasks)] + [3] * rows)
+    ax = fig.add_subplot(gs[0, :])
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black")
+    labels = [f"{t} (H={_num(last[t].get('normalised_entropy')):.2f})"
+              + (" COLLAPSED" if last[t].get("collapsed") is True else "") for t in tasks]
+    ax.set_yticks(range(len(tasks)), labels)
+    ax.set_xticks(range(n), [f"expert {j}" for j in range(n)])
+    ax.set_title(f"mean gate weight per expert, epoch {x[at]:g} (H: normalised entropy)")
+    fig.colorbar(im, ax=ax, label="weight")
+    for i, t in enumerate(tasks):
+        ax = fig.add_subplot(gs[1 + i // cols, i % cols])
+        per_epoch = [[_num(v) for v in _list(_dict(_dict(e.get("gates")).get(t)).get("mean_weight"))] for e in history]
+        series = {f"expert {j}": [w[j] if j < len(w) else math.nan for w in per_epoch] for j in range(n)}
+        _lines(ax, x, series, t + (" (collapsed)" if last[t].get("collapsed") is True else ""), "mean gate weight")
+        hit = [(xe, max(w)) for xe, w, e in zip(x, per_epoch, history)
+               if w and _dict(_dict(e.get("gates")).get(t)).get("collapsed") is True]
+        if hit:
+            ax.scatter(*zip(*hit), s=150, facecolors="none", edgecolors="red", zorder=3, label="collapsed")
+            ax.legend(fontsize="small")
+        ax.set_ylim(0, 1)
+    return fig
+
+
+def _table(rows: Mapping[str, Any]) -> List[str]:
+    """A markdown table of the float metrics of each row (``-`` where a row lacks one)."""
+    cols = list(dict.fromkeys(k for m in rows.values() for k in _metrics(m)))
+    if not cols:
+        return []
+    out = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, m in rows.items():
+        m = _metrics(m)
+        out.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" if c in m else "-" for c in cols) + " |")
+    return out + [""]
+
+
+def write_report(result: Mapping[str, Any], output_dir: str) -> str:
+    """Writes the figures of a training run to ``output_dir/report/`` and ``output_dir/report.md``.
+
+    Sections and figures whose data the run lacks are left out; a figure that fails to draw
+    is logged and left out, so odd results (NaNs, one epoch, missing keys) still give a report.
+
+    Args:
+        result: the dict that ``torchrec_fusion.training.trainer.run`` returns (``metrics.json``).
+        output_dir: the run's output folder; created if missing.
+
+    Returns:
+        The path of ``report.md``.
+
+    Example::
+
+        import tempfile
+        with tempfile.TemporaryDirectory() as out:
+            epoch = {"epoch": 1, "train_loss": 0.6, "tasks": {"click": {"auc": 0.7, "logloss": 0.6}}}
+            r = {"step_losses": [0.7, 0.6, 0.5], "history": [epoch], "tasks": epoch["tasks"]}
+            assert os.path.exists(write_report(r, out))
+    """
+    result = _dict(result)
+    history = [e for e in _list(result.get("history")) if isinstance(e, dict)]
+    x = [v if math.isfinite(v := _num(e.get("epoch"))) else i + 1.0 for i, e in enumerate(history)]
+    cfg, fig_dir = _dict(result.get("config")), os.path.join(output_dir, "report")
+    os.makedirs(fig_dir, exist_ok=True)
+    arch = "ensemble " + "+".join(map(str, cfg["ensemble"])) if cfg.get("ensemble") else cfg.get("arch", "?")
+    md = [f"# Run report: {arch}, balancing {cfg.get('balancing', '?')}, fusion {cfg.get('fusion', '?')}", ""]
+    data, sps = _dict(result.get("data")), result.get("samples_per_second")
+    facts = [("dataset", data.get("dataset", cfg.get("dataset"))), ("epochs", f"{x[-1]:g}" if x else None),
+             ("steps", result.get("steps", len(_list(result.get("step_losses"))) or None)),
+             ("evaluated on", result.get("eval_split")), ("world size", result.get("world_size")),
+             ("throughput", f"{_num(sps):,.0f} samples/s" if isinstance(sps, (int, float)) else None),
+             ("training time", f"{_num(result.get('train_seconds')):.1f} s" if "train_seconds" in result else None),
+             ("checkpoint", result.get("checkpoint"))]
+    md += [f"- {k}: {v}" for k, v in facts if v is not None] + [""]
+    fused = _dict(result.get("fused"))
+    final = {**_dict(result.get("tasks")), **({f"fused ({fused.get('method', '?')})": fused} if fused else {})}
+    if table := _table(final):
+        md += [f"## Final metrics ({result.get('eval_split', 'eval')})", ""] + table
+    if isinstance(result.get("plan"), str) and result["plan"].strip():
+        md += ["## Sharding plan", "", "```", result["plan"].rstrip(), "```", ""]
+    if table := _table(_dict(result.get("ranking"))):
+        md += ["## Ranking (full catalogue)", ""] + table
+    gates = {t: g for t, g in _dict(result.get("gates")).items() if _dict(g).get("collapsed") is True}
+    method = fused.get("method", cfg.get("fusion", "?"))
+    figures = [
+        ("loss.png", lambda: _loss_figure(result, history, x),
+         "Training loss per step (faint: raw, bold: moving average) and mean per epoch."),
+        ("metrics.png", lambda: _metrics_figure(history, x), "Evaluation metrics per epoch, one line per task."),
+        ("gates.png", lambda: _gates_figure(history, x),
+         "Gate weights per expert: last epoch (top) and per epoch (bottom); circled: collapsed gate. "
+         + (f"Collapsed at the end: {', '.join(gates)}." if gates else "No gate collapsed at the end.")),
+        ("task_weights.png", lambda: _lines_figure(_by_epoch(history, lambda e: e.get("task_weights")), x,
+                                                   f"task loss weights ({cfg.get('balancing', '?')})", "weight"),
+         "Loss weight of each task per epoch, as the balancing strategy set it."),
+        ("fusion_weights.png", lambda: _lines_figure(
+            _by_epoch(history, lambda e: _dict(e.get("fused")).get("weights")), x, f"fusion weights ({method})",
+            "weight"), "Weight of each task score in the fused score, per epoch."),
+    ]
+    shown = []
+    for name, make, caption in figures:
+        path = os.path.join(fig_dir, name)
+        if os.path.exists(path):  # no stale figure from an earlier run in the same folder
+            os.remove(path)
+        try:
+            fig = make()
+            if fig is not None:
+                fig.savefig(path, dpi=100)
+                shown += [f"![{name[:-4]}](report/{name})", "", f"*{caption}*", ""]
+        except Exception:  # a report never fails a finished run
+            logger.warning("report: could not draw %s", name, exc_info=True)
+            if os.path.exists(path):  # no half-written figure either
+                os.remove(path)
+    if shown:
+        md += ["## Figures", ""] + shown
+    path = os.path.join(output_dir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md).rstrip() + "\n")
+    return path
+
+
+__all__ = ["write_report", "FIGURES"]

@@ -1,0 +1,111 @@
+"""A sharded checkpoint gathered into one single-process inference model.
+
+``export_run(OUT)`` reads the run's config and its latest checkpoint (written by any
+number of ranks under any plan), gathers every shard of every table into whole
+tensors on the CPU, and writes ``OUT/export/``:
+
+- ``model.pt``: the state_dict of the whole model (towers, experts, fusion head and
+  every embedding table, unsharded);
+- ``config.yaml`` and ``schema.json``: the run's config and the data schema (features,
+  table sizes, pooling, tasks, dense width) that rebuild the module.
+
+``load_exported(OUT/export)`` rebuilds the module (``MultiTaskTrain``: call it on a
+:class:`~torchrec_fusion.data.batch.MultiTaskBatch`) with plain ``torch.load``: no
+process group, no torch.distributed. TorchRec's EBC takes KeyedJaggedTensors, which
+TorchScript and ``torch.export`` handle only for some TorchRec versions and modules;
+the state_dict plus config is the format that works for every architecture here.
+"""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from torchrec_fusion.tasks import TaskSpec
+
+
+@dataclass
+class DataSchema:
+    """What a model needs to know of its data to be rebuilt: features, tables, tasks."""
+
+    feature_names: List[str]
+    num_embeddings: Dict[str, int]
+    pooling: Dict[str, str]
+    tasks: List[TaskSpec]
+    num_dense: int
+
+    @property
+    def task_names(self) -> List[str]:
+        return [t.name for t in self.tasks]
+
+    def label_means(self) -> torch.Tensor:
+        return torch.full((len(self.tasks),), float("nan"))  # output biases come with the weights
+
+    @classmethod
+    def of(cls, data: Any) -> "DataSchema":
+        return cls(list(data.feature_names), dict(data.num_embeddings), dict(data.pooling), list(data.tasks),
+                   int(data.num_dense))
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tasks"] = [{**dataclasses.asdict(t), "kind": t.kind.value} for t in self.tasks]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "DataSchema":
+        return cls(**{**d, "tasks": [TaskSpec(**t) for t in d["tasks"]]})
+
+
+def _rank_export(config: Any, checkpoint: str, out_dir: str) -> str:
+    import torch.distributed.checkpoint as dcp
+
+    from torchrec_fusion.training.checkpoint import verify_checkpoint
+    from torchrec_fusion.training.trainer import build_train_model, prepare_data
+
+    verify_checkpoint(checkpoint)
+    schema = DataSchema.of(prepare_data(config).train)
+    model = build_train_model(config, schema, device="cpu")
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=checkpoint, no_dist=True)  # every shard, gathered into whole tensors
+    model.load_state_dict(state["model"])
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(out_dir, "model.pt.tmp"))
+    os.replace(os.path.join(out_dir, "model.pt.tmp"), os.path.join(out_dir, "model.pt"))
+    config.save(os.path.join(out_dir, "config.yaml"))
+    with open(os.path.join(out_dir, "schema.json"), "w") as f:
+        json.dump({**schema.to_dict(), "checkpoint": os.path.abspath(checkpoint)}, f, indent=1)
+    return out_dir
+
+
+def export_run(run_dir: str, out_dir: Optional[str] = None, checkpoint: Optional[str] = None) -> str:
+    """Writes the single-process inference model of the run in ``run_dir`` (default
+    ``run_dir/export``) from its latest checkpoint (or ``checkpoint``); returns the folder."""
+    from torchrec_fusion.training.inference import load_run
+
+    config, ckpt = load_run(run_dir, checkpoint)
+    return _rank_export(dataclasses.replace(config, world_size=1), ckpt, out_dir or os.path.join(run_dir, "export"))
+
+
+def load_exported(path: str) -> nn.Module:
+    """The model ``export_run`` wrote to ``path``, on the CPU, in eval mode; no process group needed.
+
+    Returns a ``MultiTaskTrain``: ``loss, (_, predictions, labels) = model(batch)``;
+    ``model.model(dense, kjt)`` gives the raw task outputs.
+    """
+    from torchrec_fusion.training.config import TrainConfig, read_config_file
+    from torchrec_fusion.training.trainer import build_train_model
+
+    for name in ("model.pt", "config.yaml", "schema.json"):
+        if not os.path.exists(os.path.join(path, name)):
+            raise FileNotFoundError(f"{path} is not an exported model: {name} is missing (run export first)")
+    config = TrainConfig.from_dict(read_config_file(os.path.join(path, "config.yaml")))
+    with open(os.path.join(path, "schema.json")) as f:
+        meta = json.load(f)
+    meta.pop("checkpoint", None)
+    model = build_train_model(config, DataSchema.from_dict(meta), device="cpu")
+    model.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True))
+    return model.eval()
