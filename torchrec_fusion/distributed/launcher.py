@@ -6,6 +6,7 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable, List, Optional
 
 import torch
@@ -65,9 +66,19 @@ def init_distributed(device: Optional[str] = None) -> DistContext:
         # share the cores among the local ranks instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if not dist.is_initialized():
-        # the local launcher meets through a file, so no rendezvous port can be taken by another job
-        init = f"file://{store}" if store else None
-        dist.init_process_group(backend=backend, rank=rank, world_size=world, init_method=init)
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is not None and not store:
+            # torchrun restarted the workers: their new process group must not read the addresses the
+            # previous workers left in the agent's store, so every attempt gets its own key prefix
+            agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+            tcp = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                is_master=not agent and rank == 0, timeout=timedelta(minutes=10))
+            dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                    store=dist.PrefixStore(f"torchrec_fusion/attempt_{restart}", tcp))
+        else:
+            # the local launcher meets through a file, so no rendezvous port can be taken by another job
+            init = f"file://{store}" if store else None
+            dist.init_process_group(backend=backend, rank=rank, world_size=world, init_method=init)
     return DistContext(rank, world, local_rank, local_world, dev, backend)
 
 

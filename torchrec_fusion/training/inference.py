@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from torchrec_fusion.distributed.launcher import init_distributed, launch
+from torchrec_fusion.distributed.sharding import describe_plan
 from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.evaluation.metrics import task_metrics
 from torchrec_fusion.modules.model import FUSED_TASK
@@ -53,8 +54,12 @@ def _evaluate_rank(config: TrainConfig, checkpoint: str, split: str) -> Dict[str
     gates = GateStats()
     preds, labels = evaluate(session.pipeline, session.dmp, prepared.splits[split], ctx, config.eval_batch_size, gates)
     tasks = list(session.model.tasks) + ([FUSED_TASK] if session.model.fusion is not None else [])
-    return {"split": split, "rows": len(prepared.splits[split]), "checkpoint": checkpoint, "step": state["step"],
-            "world_size": ctx.world_size, "tasks": task_metrics(tasks, preds, labels), "gates": gates.result()}
+    out = {"split": split, "rows": len(prepared.splits[split]), "checkpoint": checkpoint, "step": state["step"],
+           "world_size": ctx.world_size, "plan": describe_plan(session.plan),
+           "tasks": task_metrics(tasks, preds, labels), "gates": gates.result()}
+    if config.keep_predictions:
+        out["predictions"], out["labels"] = preds, labels
+    return out
 
 
 def evaluate_run(run_dir: str, split: Optional[str] = None, world_size: int = 1, checkpoint: Optional[str] = None,

@@ -21,6 +21,7 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 from torchrec_fusion.data.dataset import MultiTaskData
 from torchrec_fusion.data.history import InteractionHistory
 from torchrec_fusion.data.sources import LoadedData, load_dataset
+from torchrec_fusion.distributed.buffers import average_buffers, replicated_float_buffers
 from torchrec_fusion.distributed.launcher import DistContext, init_distributed, launch
 from torchrec_fusion.distributed.sharding import (
     describe_plan,
@@ -398,6 +399,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
         evaluated_at = global_step
 
     pending: Optional[Tuple[int, int, List[float], Dict[str, List[float]]]] = None
+    replicated = replicated_float_buffers(dmp) if ctx.world_size > 1 else []
     for epoch in range(epoch0, config.epochs):
         start = batch0 if epoch == epoch0 else 0
         n = min(steps_per_epoch - start, total_steps - global_step)
@@ -421,6 +423,7 @@ def run(config: TrainConfig) -> Dict[str, Any]:
         try:
             while True:
                 loss, _, _ = pipeline.progress(it)
+                average_buffers(replicated)  # running statistics stay equal on every rank
                 losses.append(loss)
                 for k, v in dmp.module.last_task_losses.items():
                     task_losses.setdefault(k, []).append(v)
