@@ -56,7 +56,8 @@ def load_dataset(name: str, data_dir: Optional[str] = None, split: Optional[str]
         spec = TableSpec.from_dict(table)
         loaded = load_tabular(spec, seed)
         item_features = list(getattr(spec, "item_features", None) or [])
-        if loaded.candidates is None and {"user", "item"} <= set(loaded.train.extras) and item_features:
+        in_memory = isinstance(loaded.train, MultiTaskData)  # a streamed train split has no rows to copy
+        if loaded.candidates is None and in_memory and {"user", "item"} <= set(loaded.train.extras) and item_features:
             loaded.candidates = candidate_builder(loaded.train, item_features)
         return loaded
     if name == "criteo":

@@ -3,7 +3,18 @@
 from torchrec_fusion.fusion.decision import cascade, majority_vote, votes, weighted_vote
 from torchrec_fusion.fusion.normalize import METHODS, ScoreNormalizer, check_scores, normalize, percentile
 from torchrec_fusion.fusion.rank_aggregation import (
-    RANK_FUSIONS, borda, combanz, combmax, combmed, combmin, combmnz, combsum, fuse, ranks, rrf, stack_scores,
+    RANK_FUSIONS,
+    borda,
+    combanz,
+    combmax,
+    combmed,
+    combmin,
+    combmnz,
+    combsum,
+    fuse,
+    ranks,
+    rrf,
+    stack_scores,
 )
 from torchrec_fusion.fusion.score import FittedWeights, GatedFusion, StackingFusion, WeightedFusion, fit_weights
 

@@ -136,9 +136,13 @@ def prepare_data(config: TrainConfig) -> PreparedData:
                           config.synthetic_scale, config.table)
     train, test = loaded.train, loaded.test
     keep = select_tasks(train.tasks, config.tasks) if config.tasks else None
+    streamed = not isinstance(train, MultiTaskData)  # a TableStream: rows read from disk batch by batch
+    if streamed and (keep is not None or config.validation_fraction > 0):
+        raise ValueError("a streamed table (stream: true) trains every task of its spec on all its train rows: "
+                         "drop --tasks / --validation-fraction, or list fewer tasks and a test file in the spec")
 
     def select(d: MultiTaskData) -> MultiTaskData:
-        if keep is not None:
+        if keep is not None and isinstance(d, MultiTaskData):
             cols = [d.task_names.index(t.name) for t in keep]
             d.tasks, d.labels, d.masks = list(keep), d.labels[:, cols], d.masks[:, cols]
             d.weights = None if d.weights is None else d.weights[:, cols]
