@@ -44,7 +44,7 @@ class GradNorm(GradientBalancer):
         self.alpha = alpha
         self.task_weight_param = nn.Parameter(weights * len(tasks) / weights.sum())
         self.register_buffer("initial_losses", torch.zeros(len(tasks)))
-        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("started", torch.zeros(len(tasks), dtype=torch.bool))  # per task: L_t(0) known
 
     @torch.no_grad()
     def _project(self) -> None:
@@ -57,14 +57,19 @@ class GradNorm(GradientBalancer):
         stacked = torch.stack([losses[t] for t in self.task_names])
         if not self.active(losses):
             return (self.task_weight_param.detach() * stacked).sum()
-        if not self.started:
-            self.initial_losses.copy_(stacked.detach().clamp_min(1e-12))
-            self.started.fill_(True)
+        # a task's first loss is taken from the first batch where it has labels (a masked-out task's loss
+        # is 0); a task absent from this batch, or not started, counts as on pace (ratio 1): its
+        # gradient norm is 0, so it does not move w either way
+        present = stacked.detach() > 0
+        first = present & ~self.started
+        self.initial_losses.copy_(torch.where(first, stacked.detach(), self.initial_losses))
+        self.started |= first
         w = self.task_weight_param
         params = self.shared_parameters()
         norms = self.task_gradients(losses, params).norm(dim=1)  # ||grad L_t||, a constant to w
         g = w * norms
-        ratio = stacked.detach() / self.initial_losses
+        ratio = torch.where(present & self.started, stacked.detach() / self.initial_losses.clamp_min(1e-12),
+                            torch.ones_like(stacked))
         target = (g.mean() * (ratio / ratio.mean()) ** self.alpha).detach()
         return (w.detach() * stacked).sum() + (g - target).abs().sum()
 

@@ -50,7 +50,10 @@ class UncertaintyWeighting(LossBalancer):
 
     def forward(self, losses: Dict[str, torch.Tensor]) -> torch.Tensor:
         stacked = torch.stack([losses[t] for t in self.task_names])
-        return (self.weights() * stacked + 0.5 * self.log_variance).sum()
+        # a task without labels in this batch (loss exactly 0) adds nothing: its regulariser alone
+        # would pull s_t down, and the weight of a sparsely labelled task up, batch after batch
+        present = (stacked.detach() > 0).to(stacked.dtype)
+        return (present * (self.weights() * stacked + 0.5 * self.log_variance)).sum()
 
     def task_weights(self) -> Dict[str, float]:
         """The effective weight ``c_t exp(-s_t)`` of each task's loss."""
