@@ -12,10 +12,40 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_custom_loop_example_trains() -> None:
     # a fresh interpreter: the example owns its process group, as a user's script would
     code = ("import runpy; m = runpy.run_path('examples/custom_loop.py'); "
-            "first, last = m['main'](rows=6000, batch_size=128); assert last < 0.6 * first, (first, last)")
+            f"first, last = m['main']({EXAMPLE_ARGS['custom_loop.py']}); assert last < 0.6 * first, (first, last)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "steps, loss" in proc.stdout
+
+
+# every script in examples/ and the small arguments its test runs it with: a new example needs an entry
+EXAMPLE_ARGS = {"custom_loop.py": "rows=6000, batch_size=128", "own_table.py": "out=OUT, rows=6000, epochs=1"}
+
+
+def test_every_example_is_tested() -> None:
+    assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == sorted(EXAMPLE_ARGS)
+
+
+def test_own_table_example(tmp_path: Path) -> None:
+    args = EXAMPLE_ARGS["own_table.py"].replace("OUT", repr(str(tmp_path / "run")))
+    code = (f"import runpy; m = runpy.run_path('examples/own_table.py'); r = m['main']({args}); "
+            "assert set(r['evaluate']) == {'click', 'watch', 'purchase', 'fused'}, r['evaluate']; "
+            "assert abs(r['evaluate']['click']['auc'] - r['train']['click']['auc']) < 1e-5; "
+            "assert [len(x['items']) for x in r['recommend']] == [5, 5]")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "report.md").exists()
+
+
+def test_readme_quick_start_runs(tmp_path: Path) -> None:
+    """The README's quick start block, as a user would paste it."""
+    import re
+
+    block = re.search(r"## Quick start.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    script = tmp_path / "quick_start.py"
+    script.write_text(block + "\nassert set(predictions) == {'ctr', 'cvr', 'watch_time', 'ctcvr'}\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_compare_mtl_script_smoke(tmp_path: Path) -> None:
@@ -44,5 +74,3 @@ def test_compare_fusion_script_smoke(tmp_path: Path) -> None:
         assert f"| {row} |" in table, table
 
 
-def test_every_example_is_covered() -> None:
-    assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == ["custom_loop.py"]
