@@ -1,6 +1,6 @@
 # `make demo` and `make test` create .venv when it is missing (scripts/setup.sh), then run.
 PY := .venv/bin/python
-DEMO_ARGS ?= --dataset synthetic --arch mmoe --world-size 2 --epochs 2 --output-dir runs/demo
+DEMO_ARGS ?= --dataset synthetic --arch mmoe --balancing uncertainty --fusion weighted --world-size 2 --epochs 2 --output-dir runs/demo
 
 .PHONY: setup demo test movielens clean
 setup:

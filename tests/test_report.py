@@ -148,3 +148,22 @@ def test_report_of_a_real_training_run(tmp_path: Path) -> None:
     for present in ("## Final metrics", "## Sharding plan", "gates.png", "task_weights.png", "metrics.png"):
         assert present in md, present
     assert "fusion_weights.png" not in md
+
+
+def test_demo_writes_report_with_every_figure(tmp_path) -> None:
+    """`make demo`'s own arguments (read from the Makefile), on fewer rows: report.md and all its PNGs."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from torchrec_fusion.cli import main
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    demo = shlex.split(re.search(r"^DEMO_ARGS \?= (.*)$", makefile, re.M).group(1))
+    out = tmp_path / "demo"
+    assert main(["train", *demo, "--synthetic-rows", "6000", "--epochs", "2", "--output-dir", str(out),
+                 "--no-progress", "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    for png in ("loss", "metrics", "gates", "task_weights", "fusion_weights"):
+        assert f"report/{png}.png" in report
+        assert (out / "report" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
