@@ -39,3 +39,13 @@ def test_movielens_defaults_reach_the_quality_bar(tmp_path: Path) -> None:
         assert len(g["mean_weight"]) == 4 and abs(sum(g["mean_weight"]) - 1) < 1e-4
         assert 0 <= g["normalised_entropy"] <= 1 and isinstance(g["collapsed"], bool)
     assert m["task_weights"] == {"like": 1.0, "rating": 1.0}
+    # the trained run answers for MovieLens user 1 (raw id): titles shown, movies they rated left out
+    from torchrec_fusion.training.inference import recommend
+
+    recs = recommend(str(tmp_path), [1], k=10)
+    rated = {int(line.split("\t")[1]) for name in ("u1.base", "u1.test")
+             for line in (ML100K / name).read_text().splitlines() if line.split("\t")[0] == "1"}
+    items = recs[0]["items"]
+    assert recs[0]["user"] == 1 and recs[0]["by"] == "like" and len(items) == 10
+    assert not {it["item"] for it in items} & rated and all(it["title"] for it in items)
+    assert [it["score"] for it in items] == sorted((it["score"] for it in items), reverse=True)

@@ -27,8 +27,9 @@ def _choices() -> Dict[str, Sequence[str]]:
 
 
 HELP = {
-    "dataset": "synthetic (no files needed) or movielens (official files in --data-dir)",
-    "data_dir": "folder of the MovieLens files (ml-100k, ml-1m, ml-20m or ml-25m)",
+    "dataset": "synthetic (no files needed), movielens (official files in --data-dir), criteo (raw TSV in "
+               "--data-dir) or table (your Parquet/CSV: a 'table' section in --config)",
+    "data_dir": "folder of the MovieLens files (ml-100k, ml-1m, ml-20m or ml-25m), or Criteo TSV file(s)",
     "split": "auto (u1 for ml-100k), u1..u5, ua, ub, or random",
     "tasks": "train only these tasks (names from the dataset)",
     "validation_fraction": "carve this fraction of train as validation and evaluate on it (for tuning)",
@@ -40,6 +41,13 @@ HELP = {
               "torchrec_fusion.fusion.rank_aggregation)",
     "fusion_target": "binary task whose label supervises the fused score (default: the first binary task)",
     "fusion_weights": "weighted fusion: fixed weights, one per task, instead of learnt simplex weights",
+    "rank_memory_mb": "memory per rank the planner may use for tables and their optimizer state",
+    "checkpoint_every": "write a checkpoint every N global steps to OUT/checkpoints (0: only the final model)",
+    "keep_checkpoints": "how many of the newest checkpoints to keep",
+    "resume": "auto (the latest checkpoint in OUT, if any) or a checkpoint/run folder to continue from",
+    "max_steps": "stop after this many global steps (counted across resumes)",
+    "save_model": "save the final model to OUT/checkpoints (needed by evaluate, recommend, export)",
+    "report": "write OUT/report.md with PNG plots",
     "ensemble": "train several complete models (architecture names, or dlrm for TorchRec's DLRM), each with its "
                 "own tables, under one DMP; combine with --fusion",
 }

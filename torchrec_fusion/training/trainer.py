@@ -255,7 +255,8 @@ def build_session(config: TrainConfig, ctx: DistContext, data: MultiTaskData) ->
     constraints = {t: ParameterConstraints(**c) for t, c in (config.constraints or {}).items()}
     sharders = make_sharders(config.sharding_type, constraints)
     budget = {} if config.rank_memory_mb is None else {"memory_budget_bytes": int(config.rank_memory_mb * 2**20)}
-    plan = plan_sharding(model, ctx, config.batch_size, config.sharding_type, constraints, sharders, **budget)
+    plan = plan_sharding(model, ctx, config.batch_size, config.sharding_type, constraints, sharders,
+                         embedding_optimizer=config.embedding_optimizer, **budget)
     dmp, optimizer = shard_model(
         model, ctx, plan,
         embedding_optimizer=config.embedding_optimizer, embedding_lr=config.embedding_lr,
