@@ -49,3 +49,25 @@ def test_movielens_defaults_reach_the_quality_bar(tmp_path: Path) -> None:
     assert recs[0]["user"] == 1 and recs[0]["by"] == "like" and len(items) == 10
     assert not {it["item"] for it in items} & rated and all(it["title"] for it in items)
     assert [it["score"] for it in items] == sorted((it["score"] for it in items), reverse=True)
+
+
+def test_saved_config_alone_repeats_the_run_and_toml_works(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('dataset = "synthetic"\nsynthetic_rows = 3000\nsynthetic-scale = 0.05\nepochs = 1\n'
+                    'batch_size = 128\narch = "ple"\nbalancing = "dwa"\nreport = false\nseed = 5\n')
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", "--config", str(toml), "--output-dir", str(first), "--no-progress", "--quiet"]) == 0
+    # the resolved config of the first run, and nothing else, gives the same run again
+    assert main(["train", "--config", str(first / "config.yaml"), "--output-dir", str(second), "--quiet"]) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
+    assert a["config"]["arch"] == "ple" and a["config"]["seed"] == 5 and a["tasks"] == b["tasks"]
+    assert a["step_losses"] == b["step_losses"]
+
+
+def test_config_file_errors_are_clear(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: synthetic\nepochz: 3\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "unknown option(s) ['epochz']" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
