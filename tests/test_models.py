@@ -61,9 +61,13 @@ def test_mmoe_gates_are_distributions_one_per_task() -> None:
         torch.testing.assert_close(w.sum(1), torch.ones(4))
     # the output is the gate-weighted sum of the experts
     x = torch.randn(3, 10)
-    experts = torch.stack([e(x) for e in arch.experts], 1)
-    expect = (torch.softmax(arch.gates["b"](x), 1).unsqueeze(2) * experts).sum(1)
+    expert_out = []
+    for e in range(5):  # each expert on its own, as a plain Linear + ReLU
+        w, b = arch.experts.expert_layer(e, 0)
+        expert_out.append(torch.relu(torch.nn.functional.linear(x, w, b)))
+    expect = (arch.gate("b", x).unsqueeze(2) * torch.stack(expert_out, 1)).sum(1)
     torch.testing.assert_close(arch(x)["b"], expect)
+    torch.testing.assert_close(arch.gate_weights()["b"], arch.gate("b", x))
 
 
 def test_shared_bottom_shares_one_representation() -> None:

@@ -442,7 +442,8 @@ def shard_model(
         optims.append(KeyedOptimizerWrapper(dense_tables, lambda ps: dense_embedding_optimizer(
             embedding_optimizer, list(ps), embedding_lr, embedding_optimizer_kwargs)))
     if dense_params:
-        dense_kwargs = {"lr": dense_lr, **(dense_optimizer_kwargs or {})}
+        # one fused kernel over all dense parameters instead of a loop of small ops per parameter
+        dense_kwargs = {"lr": dense_lr, "fused": True, **(dense_optimizer_kwargs or {})}
         optims.append(KeyedOptimizerWrapper(dense_params, lambda ps: dense_cls(ps, **dense_kwargs)))
     return dmp, CombinedOptimizer(optims)
 

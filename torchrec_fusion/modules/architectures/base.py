@@ -1,10 +1,51 @@
 """The multi-task architecture family: shared input in, one representation per task out."""
 
+import math
 from abc import ABC, abstractmethod
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+
+def keep_mask(shape: Sequence[int], p: float, device: Optional[torch.device] = None) -> torch.Tensor:
+    """A bool mask, each element True with probability ``1 - p`` (to 1/65536), independently.
+
+    One 64-bit random draw gives four 16-bit uniforms: on CPU this is about 10x faster than
+    ``bernoulli_``, which drew one random number per element and was the largest single cost of
+    an MMoE training step on CPU.
+    """
+    n = math.prod(shape)
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
+    u16 = words.view(torch.int16)[:n].view(*shape)  # uniform in [-32768, 32767]
+    return u16 >= int(round(p * 65536)) - 32768
+
+
+class Dropout(nn.Module):
+    """Inverted dropout like ``nn.Dropout`` (same semantics, same expected values), with masks
+    from :func:`keep_mask`.
+
+    Example::
+
+        d = Dropout(0.5)
+        y = d(torch.ones(1000, 100))
+        assert set(y.unique().tolist()) == {0.0, 2.0} and abs(float((y > 0).float().mean()) - 0.5) < 0.01
+        assert torch.equal(d.eval()(torch.ones(3)), torch.ones(3))
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * keep_mask(x.shape, self.p, x.device).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def mlp(in_features: int, layer_sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
@@ -13,9 +54,58 @@ def mlp(in_features: int, layer_sizes: Sequence[int], dropout: float = 0.0) -> n
     for size in layer_sizes:
         layers += [nn.Linear(in_features, size), nn.ReLU()]
         if dropout:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         in_features = size
     return nn.Sequential(*layers)
+
+
+class StackedExperts(nn.Module):
+    """``num_experts`` MLPs of one shape (Linear + ReLU (+ dropout) per layer) over the same input,
+    computed together: the first layer of every expert as one matrix product ``[B, in] x [in, E*h1]``,
+    the later layers as one batched product over the experts. Each expert's parameters are
+    initialised as ``nn.Linear`` would (uniform in +-1/sqrt(fan_in)).
+
+    Example::
+
+        experts = StackedExperts(8, num_experts=3, layer_sizes=[16, 4])
+        x = torch.rand(5, 8)
+        y = experts(x)  # [B, E, H]
+        w0, b0 = experts.expert_layer(1, 0)  # expert 1's first layer, as nn.Linear would hold it
+        w1, b1 = experts.expert_layer(1, 1)
+        expect = torch.relu(torch.relu(x @ w0.T + b0) @ w1.T + b1)
+        assert y.shape == (5, 3, 4) and torch.allclose(y[:, 1], expect, atol=1e-6)
+    """
+
+    def __init__(self, in_features: int, num_experts: int, layer_sizes: Sequence[int], dropout: float = 0.0) -> None:
+        super().__init__()
+        if num_experts < 1 or not layer_sizes:
+            raise ValueError("StackedExperts needs num_experts >= 1 and non-empty layer_sizes")
+        self.num_experts, self.out_features = num_experts, layer_sizes[-1]
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        d = in_features
+        for h in layer_sizes:
+            bound = 1 / math.sqrt(d)
+            self.weights.append(nn.Parameter(torch.empty(num_experts, d, h).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_experts, 1, h).uniform_(-bound, bound)))
+            d = h
+        self.dropout = Dropout(dropout) if dropout else None
+
+    def expert_layer(self, expert: int, layer: int) -> "tuple[torch.Tensor, torch.Tensor]":
+        """Expert ``expert``'s layer ``layer`` as ``nn.Linear`` holds it: (weight ``[out, in]``, bias ``[out]``)."""
+        return self.weights[layer][expert].T, self.biases[layer][expert, 0]
+
+    def _act(self, h: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(h)
+        return self.dropout(h) if self.dropout is not None else h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in]`` to ``[B, num_experts, out_features]``."""
+        e, w0 = self.num_experts, self.weights[0]
+        h = x @ w0.permute(1, 0, 2).reshape(w0.size(1), -1)  # [B, E*h1]: every expert's first layer at once
+        h = self._act(h.view(x.size(0), e, -1).transpose(0, 1) + self.biases[0])  # [E, B, h1]
+        for w, b in zip(self.weights[1:], self.biases[1:]):
+            h = self._act(torch.baddbmm(b, h, w))
+        return h.transpose(0, 1)
 
 
 class MultiTaskArch(nn.Module, ABC):

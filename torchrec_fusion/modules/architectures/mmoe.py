@@ -5,14 +5,15 @@ from typing import Dict, Sequence
 import torch
 from torch import nn
 
-from torchrec_fusion.modules.architectures.base import MultiTaskArch, mlp
+from torchrec_fusion.modules.architectures.base import MultiTaskArch, StackedExperts
 
 
 class MMoEArch(MultiTaskArch):
     """Multi-gate mixture of experts.
 
     Each of ``num_experts`` experts is an MLP over the input; task ``t`` gets
-    ``sum_e softmax(W_t x)_e * expert_e(x)``.
+    ``sum_e softmax(W_t x)_e * expert_e(x)``. The experts run together as one
+    :class:`StackedExperts`, and the gates of all tasks as one linear layer.
 
     Args:
         in_features: input width.
@@ -40,15 +41,23 @@ class MMoEArch(MultiTaskArch):
         super().__init__(in_features, task_names)
         if num_experts < 1 or not expert_layer_sizes:
             raise ValueError("MMoE needs num_experts >= 1 and non-empty expert_layer_sizes")
-        self.experts = nn.ModuleList(mlp(in_features, expert_layer_sizes, dropout) for _ in range(num_experts))
-        self.gates = nn.ModuleDict({t: nn.Linear(in_features, num_experts) for t in self.task_names})
+        self.experts = StackedExperts(in_features, num_experts, expert_layer_sizes, dropout)
+        self.num_experts = num_experts
+        self.gates = nn.Linear(in_features, num_experts * len(self.task_names))  # every task's gate at once
         self.out_features = expert_layer_sizes[-1]
 
     def forward(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
-        experts = torch.stack([e(features) for e in self.experts], dim=1)  # B x E x H
+        experts = self.experts(features)  # B x E x H
+        w = torch.softmax(self.gates(features).view(features.size(0), len(self.task_names), -1), dim=2)  # B x T x E
+        mixed = torch.bmm(w, experts)  # B x T x H
         out = {}
-        for t, gate in self.gates.items():
-            w = torch.softmax(gate(features), dim=1)
-            self._gate_weights[t] = w.detach()
-            out[t] = torch.bmm(w.unsqueeze(1), experts).squeeze(1)
+        for j, t in enumerate(self.task_names):
+            self._gate_weights[t] = w[:, j].detach()
+            out[t] = mixed[:, j]
         return out
+
+    def gate(self, task: str, features: torch.Tensor) -> torch.Tensor:
+        """Task ``task``'s gate weights ``[B, num_experts]`` for ``features``."""
+        j = self.task_names.index(task)
+        logits = self.gates(features)[:, j * self.num_experts:(j + 1) * self.num_experts]
+        return torch.softmax(logits, dim=1)
