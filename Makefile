@@ -13,7 +13,13 @@ test: setup
 	$(PY) -m pytest -q
 
 movielens: setup
-	.venv/bin/torchrec-fusion train --dataset movielens --data-dir ../shared/data/ml-100k --world-size 2 --output-dir runs/ml-100k
+	.venv/bin/torchrec-fusion train --config configs/movielens-100k.yaml
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Benchmark suite (docs/performance.md): tables printed, JSON in runs/bench/bench.json.
+# BENCH_ARGS="--quick" for a tiny run, "--device cuda" on a CUDA host, "--out DIR" elsewhere.
+.PHONY: bench
+bench: setup
+	$(PY) -m benchmarks.run $(BENCH_ARGS)

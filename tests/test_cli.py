@@ -71,3 +71,14 @@ def test_config_file_errors_are_clear(tmp_path: Path, capsys) -> None:
     assert "unknown option(s) ['epochz']" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@needs_ml100k
+def test_movielens_fast_config_reaches_the_quality_bar(tmp_path: Path) -> None:
+    """`make movielens`: configs/movielens-100k.yaml, the fast settings, holds the same bar on u1.test."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "movielens-100k.yaml"
+    assert main(["train", "--config", str(config), "--data-dir", str(ML100K), "--output-dir", str(tmp_path),
+                 "--no-progress", "--quiet", "--no-report"]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["config"]["batch_size"] == 2048 and m["eval_split"] == "test"
+    assert m["tasks"]["rating"]["rmse"] < 0.93 and m["tasks"]["like"]["auc"] > 0.79, m["tasks"]
