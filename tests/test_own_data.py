@@ -110,3 +110,16 @@ def test_streamed_parquet_trains_over_two_processes(tmp_path) -> None:
                           history_length=0, progress=False, verbose=False, report=False))
     assert r["data"]["stream"] and r["steps"] == 2 * (r["data"]["train_rows"] // 256)
     assert r["tasks"]["click"]["auc"] > 0.75
+
+
+def test_criteo_tsv_trains_through_the_cli(tmp_path) -> None:
+    from pathlib import Path
+
+    criteo = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo-tsv-sample"
+    if not criteo.is_dir():
+        pytest.skip("../shared/data/criteo-tsv-sample is absent")
+    out = tmp_path / "criteo"
+    assert main(["train", "--dataset", "criteo", "--data-dir", str(criteo), "--epochs", "1", "--batch-size", "32",
+                 "--world-size", "2", "--no-progress", "--quiet", "--no-report", "--output-dir", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["tasks"]) == {"click"} and m["tasks"]["click"]["count"] > 0 and m["world_size"] == 2
