@@ -1,0 +1,1 @@
+"""Benchmark suite: ``python -m benchmarks.run`` (``make bench``); see docs/performance.md."""
