@@ -82,3 +82,11 @@ def test_cli_unknown_task_and_architecture(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         _cli(capsys, "--arch", "transformer")
     assert e.value.code == 2 and "invalid choice: 'transformer'" in capsys.readouterr().err
+
+
+def test_fused_adam_on_cpu_is_a_clear_error(capsys) -> None:
+    from torchrec_fusion.cli import main
+
+    assert main(["train", "--synthetic-rows", "3000", "--epochs", "1", "--embedding-optimizer", "adam",
+                 "--no-progress", "--quiet", "--no-report"]) == 2
+    assert "no fused Adam" in capsys.readouterr().err

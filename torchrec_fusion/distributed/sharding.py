@@ -428,6 +428,12 @@ def shard_model(
     They get the embedding optimizer instead, run by PyTorch after DDP has all-reduced their
     gradients (:func:`dense_embedding_optimizer`), so that a table learns alike under any plan."""
     emb_cls = _pick(EMBEDDING_OPTIMIZERS, embedding_optimizer, "embedding optimizer")
+    fused_tables = [t for params in plan.plan.values() for t, ps in params.items()
+                    if ps.sharding_type != ShardingType.DATA_PARALLEL.value]
+    if embedding_optimizer == "adam" and ctx.device.type == "cpu" and fused_tables:
+        raise ValueError("embedding optimizer adam: FBGEMM's CPU kernels have no fused Adam (tables "
+                         f"{fused_tables[:3]}...); on CPU use rowwise_adagrad, adagrad or sgd, or shard the "
+                         "tables data_parallel")
     dense_cls = _pick(DENSE_OPTIMIZERS, dense_optimizer, "dense optimizer")
 
     emb_params = [p for m in _ebcs(model) for p in m.parameters()]
