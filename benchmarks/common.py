@@ -115,23 +115,24 @@ def lookups_per_batch(pool: List[RawBatch]) -> Dict[str, float]:
 
 # ---- memory -----------------------------------------------------------------------------------
 
-def rss_now() -> int:
-    """Resident bytes of this process now (VmRSS)."""
+def _proc_status_bytes(key: str) -> int:
+    """A ``kB`` field of /proc/self/status, in bytes (0 where it is absent)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_now() -> int:
+    """Resident bytes of this process now (VmRSS)."""
+    return _proc_status_bytes("VmRSS")
 
 
 def vm_hwm() -> int:
     """Peak resident bytes of this process image (VmHWM): a cross-check of ``peak_rss``, which on
     Linux also keeps the peak of the process's image before its exec (inherited at fork)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _proc_status_bytes("VmHWM")
 
 
 def peak_rss() -> int:

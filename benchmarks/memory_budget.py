@@ -1,7 +1,7 @@
 """Peak memory per rank when the tables are larger than one rank's budget.
 
-    .venv/bin/python scripts/bench_memory.py                      # both scenarios below
-    .venv/bin/python scripts/bench_memory.py --scenario split --steps 10
+    .venv/bin/python -m benchmarks.memory_budget                  # both scenarios below
+    .venv/bin/python -m benchmarks.memory_budget --scenario split --steps 10
 
 Each scenario builds its tables on the meta device, plans them with
 ``plan_sharding(memory_budget_bytes=...)`` over --world-size CPU ranks (gloo), shards them with
@@ -21,30 +21,19 @@ ranks together would hold less than the two tables.)
 
 import argparse
 import os
-import resource
 import sys
 import time
 from typing import Any, Dict, List
 
 import torch
 
+from benchmarks.common import peak_rss, rss_now
+
 MiB = 2**20
 SCENARIOS = {
     "pair": dict(tables=2, budget_mib=600),
     "split": dict(tables=1, budget_mib=400),
 }
-
-
-def _rss_now() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 class BenchModel(torch.nn.Module):
@@ -74,13 +63,18 @@ def _batch(tables: int, rows: int, batch: int, step: int, rank: int) -> Any:
 def run_rank(tables: int, rows: int, dim: int, budget_mib: float, steps: int, batch: int) -> Dict[str, Any]:
     from torchrec_fusion.distributed.launcher import init_distributed
     from torchrec_fusion.distributed.sharding import (
-        describe_plan, plan_sharding, seed_embedding_tables, shard_bytes_per_rank, shard_model)
+        describe_plan,
+        plan_sharding,
+        seed_embedding_tables,
+        shard_bytes_per_rank,
+        shard_model,
+    )
     from torchrec_fusion.training.trainer import quiet_third_party_logs
 
     quiet_third_party_logs()
     ctx = init_distributed("cpu")
-    rss_before = _rss_now()
-    peak_before = _peak_rss()
+    rss_before = rss_now()
+    peak_before = peak_rss()
     model = BenchModel(tables, rows, dim)
     plan = plan_sharding(model, ctx, batch, memory_budget_bytes=int(budget_mib * MiB))
     planned = shard_bytes_per_rank(plan, model, ctx.world_size)[ctx.rank]
@@ -107,7 +101,7 @@ def run_rank(tables: int, rows: int, dim: int, budget_mib: float, steps: int, ba
     seconds = time.perf_counter() - t0
     lines = [ln.strip() for ln in describe_plan(plan).splitlines()[1:]]
     return {"rank": ctx.rank, "plan": lines, "planned": planned, "weights": weights, "state": state,
-            "rss_before": rss_before, "peak_before": peak_before, "peak": _peak_rss(), "rss_after": _rss_now(),
+            "rss_before": rss_before, "peak_before": peak_before, "peak": peak_rss(), "rss_after": rss_now(),
             "seconds": seconds, "loss": float(loss.detach())}
 
 
