@@ -4,6 +4,10 @@
   DMP, fused row-wise Adagrad in backward for the tables, Adam for the dense part,
   ``TrainPipelineSparseDist``), 4 tasks, no fusion head.
 * ``ours_fusion``: the same with ``fusion="weighted"`` (the multi-task heads plus fusion).
+* ``ours_matched``: MMoE + weighted fusion with its dense compute matched to ``dlrm``'s (4 experts of
+  [8], towers [8], no dropout: about 20k multiply-adds per sample against DLRM's 22k), so that its
+  step time against DLRM's is what the multi-task heads, gates, losses and fusion cost, not a
+  bigger model (``MATCHED``).
 * ``dlrm``: TorchRec's single-task ``DLRMTrain(DLRM(...))`` on the same tables (``build_ebc``),
   planned, sharded, optimised and pipelined by the same functions (task ``ctr``).
 * ``peers``: the same architecture written the way torch-rechub / DeepCTR-Torch write it: one
@@ -28,16 +32,19 @@ from torch.autograd.profiler import record_function
 
 from benchmarks.common import BAG_FEATURES, FEATURES, TASK_NAMES, RawBatch, Workload
 
-CONTENDERS = ("ours", "ours_fusion", "dlrm", "peers", "plain")
+CONTENDERS = ("ours", "ours_fusion", "ours_matched", "dlrm", "peers", "plain")
+# ours_matched: the trainer's model with DLRM's dense budget (dlrm_layer_sizes): the 320-wide feature
+# vector feeds 4 experts of 8 units and 4 x 4 gate logits, towers of 8; DLRM has no dropout either
+MATCHED = {"num_experts": 4, "expert_layer_sizes": [8], "tower_layer_sizes": [8], "dropout": 0.0}
 
 
-def train_config(w: Workload, device: Optional[str], fusion: str = "none") -> Any:
+def train_config(w: Workload, device: Optional[str], fusion: str = "none", **overrides: Any) -> Any:
     """The trainer's defaults (MMoE, 4 experts [128, 64], dense arch [64], towers [32], dropout 0.5,
     no dot interactions, row-wise Adagrad 0.05, Adam 1e-3) at this workload's dim and batch."""
     from torchrec_fusion.training.config import TrainConfig
 
     return TrainConfig(arch="mmoe", embedding_dim=w.dim, batch_size=w.batch_size, fusion=fusion, device=device,
-                       progress=False, verbose=False, report=False, save_model=False)
+                       progress=False, verbose=False, report=False, save_model=False, **overrides)
 
 
 def schema_data(w: Workload) -> Any:
@@ -120,12 +127,12 @@ class PipelineRunner(Runner):
         return self.dmp
 
 
-def build_ours(w: Workload, ctx: Any, fusion: str = "none") -> PipelineRunner:
+def build_ours(w: Workload, ctx: Any, fusion: str = "none", name: str = "", **overrides: Any) -> PipelineRunner:
     from torchrec_fusion.data.batch import MultiTaskBatch
     from torchrec_fusion.distributed.sharding import describe_plan, seed_embedding_tables, shard_bytes_per_rank
     from torchrec_fusion.training.trainer import build_session, build_train_model
 
-    config = train_config(w, ctx.device.type, fusion)
+    config = train_config(w, ctx.device.type, fusion, **overrides)
     data = schema_data(w)
     session = build_session(config, ctx, data)
     seed_embedding_tables(session.dmp, config.seed)
@@ -134,7 +141,7 @@ def build_ours(w: Workload, ctx: Any, fusion: str = "none") -> PipelineRunner:
     def make(rb: RawBatch, kjt: Any) -> Any:
         return MultiTaskBatch(rb.dense, kjt, rb.labels, rb.masks, TASK_NAMES)
 
-    name = "ours" if fusion == "none" else "ours_fusion"
+    name = name or ("ours" if fusion == "none" else "ours_fusion")
     return PipelineRunner(name, session.dmp, session.pipeline, floor, describe_plan(session.plan), make)
 
 
@@ -327,6 +334,8 @@ def build(name: str, w: Workload, ctx: Any) -> Runner:
         return build_ours(w, ctx)
     if name == "ours_fusion":
         return build_ours(w, ctx, fusion="weighted")
+    if name == "ours_matched":
+        return build_ours(w, ctx, fusion="weighted", name=name, **MATCHED)
     if name == "dlrm":
         return build_dlrm(w, ctx)
     if name in ("peers", "plain"):

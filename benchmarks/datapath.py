@@ -48,14 +48,15 @@ def synthetic_loader(batch_size: int, rows: int, max_batches: int, threads: int)
     return {"source": f"synthetic ({len(train):,} train rows)", "prepare_seconds": prep, **out}
 
 
-def movielens_loader(data_dir: str, batch_size: int, max_batches: int, threads: int) -> Optional[Dict[str, Any]]:
-    """``prepare_data`` of the demo's config (u1 split, history bags of 64), then its loader."""
+def movielens_loader(data_dir: str, batch_size: int, max_batches: int, threads: int,
+                     history_length: int = 64) -> Optional[Dict[str, Any]]:
+    """``prepare_data`` of MovieLens-100K (u1 split, history bags of ``history_length``), then its loader."""
     from torchrec_fusion.training.config import TrainConfig
     from torchrec_fusion.training.trainer import prepare_data
 
     t = time.perf_counter()
-    prepared = prepare_data(TrainConfig(dataset="movielens", data_dir=data_dir))
+    prepared = prepare_data(TrainConfig(dataset="movielens", data_dir=data_dir, history_length=history_length))
     prep = time.perf_counter() - t
     train = prepared.train
     out = loader_rate(train, batch_size, 2, max_batches, threads)
-    return {"source": f"movielens-100k + history ({len(train):,} train rows)", "prepare_seconds": prep, **out}
+    return {"source": f"movielens-100k + history {history_length} ({len(train):,} train rows)", "prepare_seconds": prep, **out}

@@ -113,7 +113,7 @@ def roofline_rows(entries: List[Dict[str, Any]], bandwidth: float) -> List[Dict[
         w: Workload = e["workload"]
         t = step_traffic(w, e["world_size"])
         steps_per_s = e["train_samples_per_s"] / (w.batch_size * e["world_size"])
-        sharded = e["contender"] in ("ours", "ours_fusion", "dlrm")
+        sharded = e["contender"] in ("ours", "ours_fusion", "ours_matched", "dlrm")
         # DDP replicas (peers, plain) each apply the all-reduced update to their own copy of every table
         replicas = 1 if sharded else e["world_size"]
         update = t["update_bytes_rowwise_adagrad"] if sharded else t["update_bytes_adam"]

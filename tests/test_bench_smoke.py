@@ -37,7 +37,8 @@ def test_quick_suite_writes_every_section(tmp_path):
         for key in ("train_samples_per_s", "train_median_samples_per_s", "eval_samples_per_s", "train_ms_per_step"):
             assert _positive(r[key]), (r["contender"], r["world_size"], key)
     for ws in ("ws1", "ws2"):
-        for key in ("ours_over_peers_train", "ours_over_plain_train", "fusion_step_time_over_dlrm"):
+        for key in ("ours_over_peers_train", "ours_over_plain_train", "fusion_step_time_over_dlrm",
+                    "matched_step_time_over_dlrm"):
             assert _positive(comp["ratios"][ws][key]), (ws, key)
 
     for p in report["profile"]:
@@ -56,7 +57,7 @@ def test_quick_suite_writes_every_section(tmp_path):
 
     ml = report["movielens"]
     if (ML100K / "u.data").exists():
-        assert _positive(ml["samples_per_second"])
+        assert _positive(ml["samples_per_second"]) and _positive(ml["cli_defaults"]["samples_per_second"])
         assert any(d["source"].startswith("movielens") and _positive(d["loader_over_train"])
                    for d in report["datapath"])
     else:

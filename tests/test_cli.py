@@ -80,5 +80,6 @@ def test_movielens_fast_config_reaches_the_quality_bar(tmp_path: Path) -> None:
     assert main(["train", "--config", str(config), "--data-dir", str(ML100K), "--output-dir", str(tmp_path),
                  "--no-progress", "--quiet", "--no-report"]) == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["world_size"] == 2 and m["config"]["batch_size"] == 2048 and m["eval_split"] == "test"
+    assert m["world_size"] == 2 and m["config"]["batch_size"] == 4096 and m["eval_split"] == "test"
+    assert m["config"]["precision"] == "bf16" and m["config"]["sharding_type"] == "data_parallel"
     assert m["tasks"]["rating"]["rmse"] < 0.93 and m["tasks"]["like"]["auc"] > 0.79, m["tasks"]

@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -13,6 +14,10 @@ from torchrec_fusion.modules.architectures import MultiTaskArch, build_architect
 from torchrec_fusion.modules.features import FeatureArch
 from torchrec_fusion.modules.towers import TaskTowers
 from torchrec_fusion.tasks import TaskKind, TaskSpec, check_tasks
+
+
+# the dense part's compute dtype under torch.autocast (None: plain fp32)
+PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 class MultiTaskModel(nn.Module):
@@ -35,6 +40,9 @@ class MultiTaskModel(nn.Module):
         dropout: dropout inside architecture and towers.
         embedding_l2: L2 penalty weight on looked-up embeddings (see :class:`FeatureArch`);
             :class:`MultiTaskTrain` adds it to the loss.
+        precision: ``"fp32"``, or ``"bf16"``: the dense part (MLPs, experts, gates, towers) runs
+            under ``torch.autocast`` in bfloat16 (its matrix products 4-5x faster on CPUs with
+            AVX512-BF16 or AMX); parameters, optimizer state, embeddings, outputs and losses stay fp32.
 
     Example::
 
@@ -64,8 +72,12 @@ class MultiTaskModel(nn.Module):
         interaction: bool = True,
         dropout: float = 0.0,
         embedding_l2: float = 0.0,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         self.tasks = check_tasks(tasks)
         self.feature_arch = FeatureArch(embedding_bag_collection, dense_in_features, list(dense_arch_layer_sizes),
                                         interaction, embedding_l2)
@@ -87,9 +99,15 @@ class MultiTaskModel(nn.Module):
     def forward_with_features(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
                               ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
         """The outputs of :meth:`forward` and the feature vector ``[B, H]`` they came from."""
-        features = self.feature_arch(dense_features, sparse_features)
-        outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features)))
-        return outputs, features
+        dtype = PRECISIONS[self.precision]
+        if dtype is None or is_fx_symbolic_tracing():  # TrainPipelineSparseDist traces the model only to find its inputs
+            features = self.feature_arch(dense_features, sparse_features)
+            return self.task_arch.combine_outputs(self.towers(self.task_arch(features))), features
+        with torch.autocast(dense_features.device.type, dtype=dtype):
+            features = self.feature_arch(dense_features, sparse_features)
+            # cast once here: the experts and the gates would each cast the fp32 embeddings again
+            outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features.to(dtype))))
+        return {k: v.float() for k, v in outputs.items()}, features.float()
 
     @property
     def feature_dim(self) -> int:

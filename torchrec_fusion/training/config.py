@@ -37,6 +37,7 @@ class TrainConfig:
     interaction: bool = False
     dropout: float = 0.5
     embedding_l2: float = 0.0
+    precision: str = "fp32"  # bf16: the dense part under torch.autocast (see MultiTaskModel)
     # optimisation
     epochs: int = 12
     batch_size: int = 256

@@ -43,10 +43,21 @@ from torchrec_fusion.training.checkpoint import latest_checkpoint, load_checkpoi
 from torchrec_fusion.training.config import TrainConfig
 
 
+class _DropBenign(logging.Filter):
+    """TorchRec's planner warns on the root logger for every data_parallel table (they have no
+    sharding spec, by design)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Sharding spec not found for ")
+
+
 def quiet_third_party_logs() -> None:
     """Silences TorchRec's and torch's planner/deprecation chatter; our own log stays."""
     for name in ("torchrec", "torch.fx._symbolic_trace", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropBenign) for f in root.filters):
+        root.addFilter(_DropBenign())
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(torchrec|torch|torchrec_fusion)(\.|$)")
 
@@ -86,6 +97,7 @@ def build_model(config: TrainConfig, data: MultiTaskData, arch: str, device: str
         interaction=config.interaction,
         dropout=config.dropout,
         embedding_l2=config.embedding_l2,
+        precision=config.precision,
     )
     means = data.label_means()
     for j, t in enumerate(data.tasks):
@@ -347,6 +359,9 @@ def run(config: TrainConfig) -> Dict[str, Any]:
     train, evald, eval_split, info = prepared.train, prepared.eval, prepared.eval_split, prepared.info
     log(f"data: {info.get('dataset')} train={len(train)} {eval_split}={len(evald)} "
         f"features={train.feature_names} tasks={train.task_names}")
+    if config.precision == "bf16" and ctx.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log("warning: precision bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX): its matrix products "
+            "are emulated and slower than fp32 here; use --precision fp32")
     session = build_session(config, ctx, train)
     dmp, optimizer, pipeline, plan = session.dmp, session.optimizer, session.pipeline, session.plan
     log(describe_plan(plan))

@@ -21,6 +21,31 @@ def keep_mask(shape: Sequence[int], p: float, device: Optional[torch.device] = N
     return u16 >= int(round(p * 65536)) - 32768
 
 
+class _ReluDropout(torch.autograd.Function):
+    """``relu(x)`` then inverted dropout, in one autograd node that keeps one bool mask (the units
+    both active and kept): two passes fewer than ReLU + dropout, and no float mask."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+        m = keep_mask(x.shape, p, x.device)
+        m &= x > 0
+        ctx.save_for_backward(m)
+        ctx.scale = 1.0 / (1.0 - p)
+        return (x * m).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> "tuple[torch.Tensor, None]":  # type: ignore[override]
+        (m,) = ctx.saved_tensors
+        return (grad * m).mul_(ctx.scale), None
+
+
+def relu_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """``Dropout(p)(relu(x))`` with :func:`keep_mask` masks, fused (see :class:`ReluDropout`)."""
+    if not training or p == 0:
+        return torch.relu(x)
+    return _ReluDropout.apply(x, p)
+
+
 class Dropout(nn.Module):
     """Inverted dropout like ``nn.Dropout`` (same semantics, same expected values), with masks
     from :func:`keep_mask`.
@@ -48,13 +73,31 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+class ReluDropout(Dropout):
+    """``nn.ReLU`` followed by :class:`Dropout`, as one autograd node (:func:`relu_dropout`):
+    the layer :func:`mlp` puts after each Linear when it has dropout.
+
+    Example::
+
+        x = torch.randn(1000, 100, requires_grad=True)
+        y = ReluDropout(0.5)(x)
+        y.sum().backward()
+        kept = y > 0
+        assert torch.equal(y[kept], 2 * x[kept]) and torch.equal(x.grad, 2.0 * kept)
+        assert abs(float(kept.float().mean()) - 0.25) < 0.01  # half are active, half of those kept
+        assert torch.equal(ReluDropout(0.5).eval()(x), torch.relu(x))
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return relu_dropout(x, self.p, self.training)
+
+
 def mlp(in_features: int, layer_sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
-    """Linear + ReLU (+ dropout) layers; an empty ``layer_sizes`` is the identity."""
+    """Linear + ReLU (+ dropout: :class:`ReluDropout` in its place) layers; an empty ``layer_sizes``
+    is the identity."""
     layers: List[nn.Module] = []
     for size in layer_sizes:
-        layers += [nn.Linear(in_features, size), nn.ReLU()]
-        if dropout:
-            layers.append(Dropout(dropout))
+        layers += [nn.Linear(in_features, size), ReluDropout(dropout) if dropout else nn.ReLU()]
         in_features = size
     return nn.Sequential(*layers)
 
@@ -94,17 +137,17 @@ class StackedExperts(nn.Module):
         """Expert ``expert``'s layer ``layer`` as ``nn.Linear`` holds it: (weight ``[out, in]``, bias ``[out]``)."""
         return self.weights[layer][expert].T, self.biases[layer][expert, 0]
 
-    def _act(self, h: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(h)
-        return self.dropout(h) if self.dropout is not None else h
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in]`` to ``[B, num_experts, out_features]``."""
-        e, w0 = self.num_experts, self.weights[0]
-        h = x @ w0.permute(1, 0, 2).reshape(w0.size(1), -1)  # [B, E*h1]: every expert's first layer at once
-        h = self._act(h.view(x.size(0), e, -1).transpose(0, 1) + self.biases[0])  # [E, B, h1]
+        e, w0, p = self.num_experts, self.weights[0], self.dropout.p if self.dropout is not None else 0.0
+        # every expert's first layer as one product, its bias added by addmm: [B, E*h1], expert-major
+        h = relu_dropout(torch.addmm(self.biases[0].reshape(-1), x, w0.permute(1, 0, 2).reshape(w0.size(1), -1)),
+                         p, self.training)
+        if len(self.weights) == 1:
+            return h.view(x.size(0), e, -1)
+        h = h.view(x.size(0), e, -1).transpose(0, 1)  # [E, B, h1]
         for w, b in zip(self.weights[1:], self.biases[1:]):
-            h = self._act(torch.baddbmm(b, h, w))
+            h = relu_dropout(torch.baddbmm(b, h, w), p, self.training)
         return h.transpose(0, 1)
 
 
@@ -138,5 +181,5 @@ class MultiTaskArch(nn.Module, ABC):
 
     def gate_weights(self) -> Optional[Dict[str, torch.Tensor]]:
         """Per task, the last batch's gate weights ``[B, num_experts]`` (detached),
-        or None for architectures without gates."""
-        return dict(self._gate_weights) or None
+        or None for architectures without gates (fp32, also under bf16 autocast)."""
+        return {k: v.float() for k, v in self._gate_weights.items()} or None
