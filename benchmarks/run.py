@@ -540,10 +540,8 @@ def run_benchmarks(args: argparse.Namespace, say: Tee) -> Dict[str, Any]:
         if not ml_ok:
             result["movielens"] = {"skipped": f"no MovieLens-100K files in {ml_dir}"}
         else:
-            from torchrec_fusion.training.config import TrainConfig
+            from torchrec_fusion.training.config import TrainConfig, read_config_file
             from torchrec_fusion.training.trainer import train
-
-            from torchrec_fusion.training.config import read_config_file
 
             ml_ws = 2 if device == "cpu" or torch.cuda.device_count() >= 2 else 1
             quick = {"epochs": plan.ml_epochs, "max_steps": plan.ml_max_steps} if args.quick else {}

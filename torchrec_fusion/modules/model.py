@@ -15,7 +15,6 @@ from torchrec_fusion.modules.features import FeatureArch
 from torchrec_fusion.modules.towers import TaskTowers
 from torchrec_fusion.tasks import TaskKind, TaskSpec, check_tasks
 
-
 # the dense part's compute dtype under torch.autocast (None: plain fp32)
 PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16}
 
