@@ -1,7 +1,7 @@
-"""Where a step of the MovieLens-100K demo run goes: the trainer's own data, model, plan and
-pipeline (``prepare_data``, ``build_session``, ``seed_embedding_tables``, ``TrainPipelineSparseDist``)
-on its shuffled batches, a few steps timed and profiled per rank. ``profile_demo_step`` runs on
-every rank (launched like the trainer)."""
+"""Where a step of a MovieLens-100K run goes (the bench profiles configs/movielens-100k.yaml): the
+trainer's own data, model, plan and pipeline (``prepare_data``, ``build_session``,
+``seed_embedding_tables``, ``TrainPipelineSparseDist``) on its shuffled batches, a few steps timed
+and profiled per rank. ``profile_demo_step`` runs on every rank (launched like the trainer)."""
 
 import itertools
 import statistics

@@ -532,7 +532,7 @@ def run_benchmarks(args: argparse.Namespace, say: Tee) -> Dict[str, Any]:
         say("\nfailed configurations: " + "; ".join(f"{f['contender']} rows={f['rows']} ws={f['world_size']}: "
                                                     f"{f['error'][:120]}" for f in failures))
 
-    # ---- 5. movielens demo (before the data path: its step rate is the reference there) -----------
+    # ---- 5. movielens (before the data path: its step rate is the reference there) -----------------
     ml_dir = args.data_dir
     ml_ok = (Path(ml_dir) / "u.data").exists()
     ml_rate = None
