@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import ML100K
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENDERS = {"ours", "ours_fusion", "dlrm", "peers", "plain"}
+CONTENDERS = {"ours", "ours_fusion", "ours_matched", "dlrm", "peers", "plain"}
 
 
 def _positive(x) -> bool:
