@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import nn
 from torchrec import optim as trec_optim
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder, ShardedEmbeddingBagCollection
-from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints, PlannerError, PlannerErrorType
 from torchrec.distributed.types import ShardingPlan, ShardingType
@@ -439,7 +439,7 @@ def shard_model(
     emb_params = [p for m in _ebcs(model) for p in m.parameters()]
     apply_optimizer_in_backward(emb_cls, emb_params, {"lr": embedding_lr, **(embedding_optimizer_kwargs or {})})
     dmp = DistributedModelParallel(module=model, device=ctx.device, plan=plan,
-                                   sharders=sharders or make_sharders())
+                                   sharders=sharders or make_sharders(), data_parallel_wrapper=_DenseParallel())
     rest = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     dense_tables = {k: p for k, p in rest.items() if ".embedding_bags." in k and k.endswith(".weight")}
     dense_params = {k: p for k, p in rest.items() if k not in dense_tables}
@@ -452,6 +452,16 @@ def shard_model(
         dense_kwargs = {"lr": dense_lr, "fused": True, **(dense_optimizer_kwargs or {})}
         optims.append(KeyedOptimizerWrapper(dense_params, lambda ps: dense_cls(ps, **dense_kwargs)))
     return dmp, CombinedOptimizer(optims)
+
+
+class _DenseParallel(DefaultDataParallelWrapper):
+    """TorchRec's DDP wrapping of the dense part, except in a single process: there DDP would only
+    copy every gradient into its buckets, all-reduce them with no one and wait (about 0.5-2 ms of a
+    10 ms step on CPU), so the dense part stays unwrapped."""
+
+    def wrap(self, dmp: DistributedModelParallel, env: Any, device: torch.device) -> None:
+        if env.world_size > 1:
+            super().wrap(dmp, env, device)
 
 
 def _block_values(seed: int, table: str, block: int, rows: int, dim: int, bound: float) -> torch.Tensor:

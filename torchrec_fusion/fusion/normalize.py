@@ -130,6 +130,10 @@ def normalize(scores: torch.Tensor, method: str, dim: int = -1, eps: float = 1e-
     return torch.where(miss, torch.nan, out.to(x.dtype)).movedim(-1, dim)
 
 
+# the statistics each method reads (the others are kept for fit() and inspection)
+_NEEDS = {"minmax": ("lo",), "zscore": ("mean",), "rank": ("quantiles",)}
+
+
 class ScoreNormalizer(nn.Module):
     """Normalises ``num_scores`` score columns with fitted, then frozen, statistics.
 
@@ -181,15 +185,23 @@ class ScoreNormalizer(nn.Module):
         return x
 
     @torch.no_grad()
-    def _update(self, x: torch.Tensor, momentum: float) -> None:
+    def _update(self, x: torch.Tensor, momentum: float, only_needed: bool = False) -> None:
+        """Moves the statistics towards those of ``x``: all of them (``fit``), or while training
+        only those the method reads (``only_needed``: a sort of the batch for ``rank`` alone)."""
         x = x.reshape(-1, self.num_scores).to(self.lo.dtype)
         if x.shape[0] == 0:
             raise ValueError("cannot fit normalisation statistics on an empty set")
-        levels = torch.linspace(0, 1, self.num_quantiles, dtype=x.dtype)
-        new = {"lo": x.amin(0), "hi": x.amax(0), "mean": x.mean(0), "std": x.std(0, unbiased=False),
-               "quantiles": torch.quantile(x, levels, dim=0).T}
-        for name, value in new.items():
-            getattr(self, name).lerp_(value, momentum)
+        need = _NEEDS.get(self.method, ()) if only_needed else ("lo", "hi", "mean", "std", "quantiles")
+        if "lo" in need:
+            self.lo.lerp_(x.amin(0), momentum)
+            self.hi.lerp_(x.amax(0), momentum)
+        if "mean" in need:
+            std, mean = torch.std_mean(x, 0, correction=0)
+            self.mean.lerp_(mean, momentum)
+            self.std.lerp_(std, momentum)
+        if "quantiles" in need:
+            levels = torch.linspace(0, 1, self.num_quantiles, dtype=x.dtype)
+            self.quantiles.lerp_(torch.quantile(x, levels, dim=0).T, momentum)
         self.num_batches_tracked += 1
 
     def fit(self, scores: torch.Tensor) -> "ScoreNormalizer":
@@ -209,7 +221,7 @@ class ScoreNormalizer(nn.Module):
             out = x if self.method == "none" else logit(x, self.eps)
             return out.reshape(scores.shape)
         if self.training and self.track_running_stats:
-            self._update(x, 1.0 if self.num_batches_tracked == 0 else self.momentum)
+            self._update(x, 1.0 if self.num_batches_tracked == 0 else self.momentum, only_needed=True)
         if self.num_batches_tracked == 0:
             raise RuntimeError(f"ScoreNormalizer({self.method!r}) has no statistics: call fit() or train "
                                "with track_running_stats=True first")
