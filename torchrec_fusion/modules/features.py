@@ -68,10 +68,15 @@ class FeatureArch(nn.Module):
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         dense = self.dense_arch(dense_features)
+        if self.interaction_arch is None:
+            # the pooled embeddings by feature name (a sharded EBC orders its columns its own way),
+            # written once into the feature vector: no [B, F, D] stack first
+            pooled = self.sparse_arch.embedding_bag_collection(sparse_features).to_dict()
+            out = torch.cat([dense] + [pooled[name] for name in self.feature_names], dim=1)
+            if self.embedding_l2 and self.training:
+                self.penalty = self.embedding_l2 * out[:, dense.size(1):].pow(2).sum(1).mean()
+            return out
         sparse = self.sparse_arch(sparse_features)  # B x F x D
         if self.embedding_l2 and self.training:
             self.penalty = self.embedding_l2 * sparse.pow(2).sum(dim=(1, 2)).mean()
-        parts = [dense, sparse.flatten(1)]
-        if self.interaction_arch is not None:
-            parts.append(self.interaction_arch(dense, sparse)[:, dense.size(1) :])
-        return torch.cat(parts, dim=1)
+        return torch.cat([dense, sparse.flatten(1), self.interaction_arch(dense, sparse)[:, dense.size(1):]], dim=1)
