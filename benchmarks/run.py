@@ -548,6 +548,7 @@ def run_benchmarks(args: argparse.Namespace, say: Tee) -> Dict[str, Any]:
             common = {"data_dir": str(ml_dir), "world_size": ml_ws, "progress": False, "verbose": False,
                       "report": False, "save_model": False, "device": device, "output_dir": None, **quick}
             # the project's MovieLens settings (make movielens), as a user runs them: every epoch of the file
+            defaults = TrainConfig().to_dict()
             cfg = TrainConfig.from_dict({**read_config_file(str(ML_CONFIG)), **common}, str(ML_CONFIG))
             t = time.perf_counter()
             load = OtherLoad()
@@ -558,7 +559,7 @@ def run_benchmarks(args: argparse.Namespace, say: Tee) -> Dict[str, Any]:
                 "command": "torchrec-fusion train --config configs/movielens-100k.yaml"
                            + (f" --world-size {ml_ws}" if ml_ws != cfg.world_size else "")
                            + "".join(f" --{k.replace('_', '-')} {v}" for k, v in quick.items() if v is not None),
-                "config": {k: v for k, v in cfg.to_dict().items() if v != getattr(TrainConfig(), k)},
+                "config": {k: v for k, v in cfg.to_dict().items() if v != defaults[k]},
                 "samples_per_second": ml_rate, "train_seconds": res["train_seconds"], "steps": res["steps"],
                 "batch_size_per_rank": cfg.batch_size, "world_size": ml_ws, "epochs": cfg.epochs,
                 "wall_seconds": time.perf_counter() - t, "tasks": res["tasks"], "other_cpu_cores": ml_others,

@@ -39,12 +39,11 @@ def task_losses(tasks: Sequence[TaskSpec], outputs: Dict[str, torch.Tensor], lab
         cols = [j for j, t in enumerate(tasks) if t.kind == kind]
         if not cols:
             continue
-        idx = slice(cols[0], cols[-1] + 1) if cols == list(range(cols[0], cols[-1] + 1)) else cols
         x = torch.stack([outputs[tasks[j].name] for j in cols], 1)  # [B, T_kind]
-        y = labels[:, idx]
+        y = labels[:, cols]
         per_row = F.binary_cross_entropy_with_logits(x, y, reduction="none") if kind == TaskKind.BINARY \
             else (x - y) ** 2
-        per_task = (per_row * w[:, idx]).sum(0) / denom[idx]
+        per_task = (per_row * w[:, cols]).sum(0) / denom[cols]
         for i, j in enumerate(cols):  # indexed, not unbound: TorchRec's pipeline fx-traces this
             out[tasks[j].name] = per_task[i]
     for j, t in enumerate(tasks):

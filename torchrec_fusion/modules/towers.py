@@ -5,7 +5,7 @@ from typing import Dict, Sequence
 import torch
 from torch import nn
 
-from torchrec_fusion.modules.architectures.base import ReluDropout, mlp, relu_dropout
+from torchrec_fusion.modules.architectures.base import mlp
 from torchrec_fusion.tasks import TaskSpec
 
 
@@ -41,8 +41,7 @@ class TaskTowers(nn.Module):
         x = torch.stack([representations[n] for n in names])  # [T, B, in]
         for j in range(0, len(self.towers[names[0]]), 2):  # (Linear, ReLU or ReluDropout) per layer
             x = self._stacked(x, [self.towers[n][j] for n in names])
-            act = self.towers[names[0]][j + 1]
-            x = relu_dropout(x, act.p if isinstance(act, ReluDropout) else 0.0, self.training)
+            x = self.towers[names[0]][j + 1](x)  # the activation, elementwise and alike in every tower
         heads = [self.heads[n] for n in names]
         if len({h.out_features for h in heads}) == 1:
             y = self._stacked(x, heads)

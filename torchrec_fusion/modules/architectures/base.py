@@ -54,42 +54,16 @@ def small_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def relu_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """``Dropout(p)(relu(x))`` with :func:`keep_mask` masks, fused (see :class:`ReluDropout`)."""
+    """``nn.Dropout(p)(relu(x))`` with :func:`keep_mask` masks, fused (see :class:`ReluDropout`)."""
     if not training or p == 0:
         return torch.relu(x)
     return _ReluDropout.apply(x, p)
 
 
-class Dropout(nn.Module):
-    """Inverted dropout like ``nn.Dropout`` (same semantics, same expected values), with masks
-    from :func:`keep_mask`.
-
-    Example::
-
-        d = Dropout(0.5)
-        y = d(torch.ones(1000, 100))
-        assert set(y.unique().tolist()) == {0.0, 2.0} and abs(float((y > 0).float().mean()) - 0.5) < 0.01
-        assert torch.equal(d.eval()(torch.ones(3)), torch.ones(3))
-    """
-
-    def __init__(self, p: float = 0.5) -> None:
-        super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        return x * keep_mask(x.shape, self.p, x.device).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-class ReluDropout(Dropout):
-    """``nn.ReLU`` followed by :class:`Dropout`, as one autograd node (:func:`relu_dropout`):
-    the layer :func:`mlp` puts after each Linear when it has dropout.
+class ReluDropout(nn.Module):
+    """``nn.ReLU`` followed by inverted dropout with probability ``p`` (``nn.Dropout``'s semantics,
+    masks from :func:`keep_mask`), as one autograd node (:func:`relu_dropout`); ``p = 0`` or eval
+    mode is a plain ReLU. The layer :func:`mlp` puts after each Linear when it has dropout.
 
     Example::
 
@@ -102,8 +76,17 @@ class ReluDropout(Dropout):
         assert torch.equal(ReluDropout(0.5).eval()(x), torch.relu(x))
     """
 
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return relu_dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def mlp(in_features: int, layer_sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
@@ -145,7 +128,7 @@ class StackedExperts(nn.Module):
             self.weights.append(nn.Parameter(torch.empty(num_experts, d, h).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(num_experts, 1, h).uniform_(-bound, bound)))
             d = h
-        self.dropout = Dropout(dropout) if dropout else None
+        self.act = ReluDropout(dropout)  # after every layer (a plain ReLU when dropout is 0)
 
     def expert_layer(self, expert: int, layer: int) -> "tuple[torch.Tensor, torch.Tensor]":
         """Expert ``expert``'s layer ``layer`` as ``nn.Linear`` holds it: (weight ``[out, in]``, bias ``[out]``)."""
@@ -153,15 +136,14 @@ class StackedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in]`` to ``[B, num_experts, out_features]``."""
-        e, w0, p = self.num_experts, self.weights[0], self.dropout.p if self.dropout is not None else 0.0
+        e, w0 = self.num_experts, self.weights[0]
         # every expert's first layer as one product, its bias added by addmm: [B, E*h1], expert-major
-        h = relu_dropout(torch.addmm(self.biases[0].reshape(-1), x, w0.permute(1, 0, 2).reshape(w0.size(1), -1)),
-                         p, self.training)
+        h = self.act(torch.addmm(self.biases[0].reshape(-1), x, w0.permute(1, 0, 2).reshape(w0.size(1), -1)))
         if len(self.weights) == 1:
             return h.view(x.size(0), e, -1)
         h = h.view(x.size(0), e, -1).transpose(0, 1)  # [E, B, h1]
         for w, b in zip(self.weights[1:], self.biases[1:]):
-            h = relu_dropout(torch.baddbmm(b, h, w), p, self.training)
+            h = self.act(torch.baddbmm(b, h, w))
         return h.transpose(0, 1)
 
 
