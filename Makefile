@@ -2,15 +2,20 @@
 PY := .venv/bin/python
 DEMO_ARGS ?= --dataset synthetic --arch mmoe --balancing uncertainty --fusion weighted --world-size 2 --epochs 2 --output-dir runs/demo
 
-.PHONY: setup demo test movielens clean
+.PHONY: setup demo test lint movielens clean
 setup:
 	bash scripts/setup.sh
 
 demo: setup
 	.venv/bin/torchrec-fusion train $(DEMO_ARGS)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
+
+# ruff (pyproject [tool.ruff]) and mypy --strict on the package (pyproject [tool.mypy])
+lint: setup
+	.venv/bin/ruff check torchrec_fusion benchmarks scripts examples tests
+	.venv/bin/mypy
 
 movielens: setup
 	.venv/bin/torchrec-fusion train --config configs/movielens-100k.yaml

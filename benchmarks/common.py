@@ -28,6 +28,8 @@ import torch
 FEATURES: Tuple[str, ...] = ("user", "item", "category", "tags")
 BAG_FEATURES: Tuple[str, ...] = ("tags",)
 TASK_NAMES: Tuple[str, ...] = ("ctr", "cvr", "watch_time", "ctcvr")
+# the models compared (benchmarks.contenders builds them), in the order the tables list them
+CONTENDERS: Tuple[str, ...] = ("ours", "ours_fusion", "ours_matched", "dlrm", "peers", "plain")
 _HASH = 2654435761  # prime, coprime with every power of ten: r -> r * _HASH mod rows is a bijection
 
 

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from torch.autograd.profiler import record_function
 
-from benchmarks.common import BAG_FEATURES, FEATURES, TASK_NAMES, RawBatch, Workload
+from benchmarks.common import BAG_FEATURES, CONTENDERS, FEATURES, TASK_NAMES, RawBatch, Workload
+from torchrec_fusion.modules.interface import MultiTaskModule
 
-CONTENDERS = ("ours", "ours_fusion", "ours_matched", "dlrm", "peers", "plain")
 # ours_matched: the trainer's model with DLRM's dense budget (dlrm_layer_sizes): the 320-wide feature
 # vector feeds 4 experts of 8 units and 4 x 4 gate logits, towers of 8; DLRM has no dropout either
 MATCHED = {"num_experts": 4, "expert_layer_sizes": [8], "tower_layer_sizes": [8], "dropout": 0.0}
@@ -43,8 +43,8 @@ def train_config(w: Workload, device: Optional[str], fusion: str = "none", **ove
     no dot interactions, row-wise Adagrad 0.05, Adam 1e-3) at this workload's dim and batch."""
     from torchrec_fusion.training.config import TrainConfig
 
-    return TrainConfig(arch="mmoe", embedding_dim=w.dim, batch_size=w.batch_size, fusion=fusion, device=device,
-                       progress=False, verbose=False, report=False, save_model=False, **overrides)
+    return TrainConfig.make(arch="mmoe", embedding_dim=w.dim, batch_size=w.batch_size, fusion=fusion, device=device,
+                            progress=False, verbose=False, report=False, save_model=False, **overrides)
 
 
 def schema_data(w: Workload) -> Any:
@@ -59,7 +59,7 @@ def schema_data(w: Workload) -> Any:
         sparse[f] = SparseColumn(torch.arange(2 * n) % w.rows, torch.arange(0, 2 * n + 1, 2))
     labels = torch.tensor([[1.0, 0.0, 1.5, 0.0]] * n)
     return MultiTaskData(dense=torch.zeros(n, w.num_dense), sparse=sparse,
-                         num_embeddings={f: w.rows for f in FEATURES}, tasks=list(SYNTHETIC_TASKS),
+                         num_embeddings=dict.fromkeys(FEATURES, w.rows), tasks=list(SYNTHETIC_TASKS),
                          labels=labels, masks=torch.ones(n, 4, dtype=torch.bool), source="bench/schema")
 
 
@@ -130,7 +130,8 @@ class PipelineRunner(Runner):
 def build_ours(w: Workload, ctx: Any, fusion: str = "none", name: str = "", **overrides: Any) -> PipelineRunner:
     from torchrec_fusion.data.batch import MultiTaskBatch
     from torchrec_fusion.distributed.sharding import describe_plan, seed_embedding_tables, shard_bytes_per_rank
-    from torchrec_fusion.training.trainer import build_session, build_train_model
+    from torchrec_fusion.training.factory import build_train_model
+    from torchrec_fusion.training.session import build_session
 
     config = train_config(w, ctx.device.type, fusion, **overrides)
     data = schema_data(w)
@@ -150,7 +151,7 @@ def dlrm_layer_sizes(w: Workload) -> Dict[str, List[int]]:
     MLPs ([128, 64]) and a logit: the single-task counterpart of one MMoE path."""
     config = train_config(w, None)
     return {"dense_arch": list(config.dense_arch_layer_sizes) + [w.dim],
-            "over_arch": list(config.expert_layer_sizes) + [1]}
+            "over_arch": list(config.member_options("arch")["expert_layer_sizes"]) + [1]}
 
 
 def build_dlrm(w: Workload, ctx: Any) -> PipelineRunner:
@@ -166,7 +167,7 @@ def build_dlrm(w: Workload, ctx: Any) -> PipelineRunner:
         shard_bytes_per_rank,
         shard_model,
     )
-    from torchrec_fusion.training.trainer import build_ebc
+    from torchrec_fusion.training.factory import build_ebc
 
     config = train_config(w, ctx.device.type)
     sizes = dlrm_layer_sizes(w)
@@ -186,7 +187,7 @@ def build_dlrm(w: Workload, ctx: Any) -> PipelineRunner:
     return PipelineRunner("dlrm", dmp, pipeline, floor, describe_plan(plan), make)
 
 
-class PeerMMoE(nn.Module):
+class PeerMMoE(MultiTaskModule):
     """Our MMoE (same dense arch, MMoE arch, towers, feature order) over plain PyTorch embeddings.
 
     ``style="peers"``: ``nn.Embedding`` per feature, bags padded to ``max_tags`` and masked-summed
@@ -212,12 +213,16 @@ class PeerMMoE(nn.Module):
             self.embeddings = nn.ModuleDict({f: nn.EmbeddingBag(w.rows, w.dim, mode="sum", sparse=True, device=device)
                                              for f in FEATURES})
         self.dense_arch = DenseArch(w.num_dense, list(config.dense_arch_layer_sizes) + [w.dim], device=device)
-        in_features = w.dim + len(FEATURES) * w.dim  # FeatureArch's width without interactions
-        self.task_arch = build_architecture("mmoe", in_features, [t.name for t in self.tasks],
-                                            dropout=config.dropout, **config.arch_kwargs())
+        self.in_features = w.dim + len(FEATURES) * w.dim  # FeatureArch's width without interactions
+        self.task_arch = build_architecture("mmoe", self.in_features, [t.name for t in self.tasks],
+                                            dropout=config.dropout, options=config.member_options("arch"))
         self.towers = TaskTowers(self.task_arch.out_features, self.tasks, config.tower_layer_sizes, config.dropout)
         self.task_arch.to(device)
         self.towers.to(device)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.in_features
 
     def forward_with_features(self, dense: torch.Tensor, sparse: Dict[str, Any]) -> Any:
         parts = [self.dense_arch(dense)]
@@ -234,7 +239,6 @@ class PeerMMoE(nn.Module):
         outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features)))
         return outputs, features
 
-    # the rest of what MultiTaskTrain asks of a model
     def label_columns(self) -> None:
         return None
 
@@ -281,7 +285,7 @@ class PeerRunner(Runner):
         if ctx.world_size > 1:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.module = DistributedDataParallel(self.model, device_ids=ids)
-        tables = [p for p in self.model.model.embeddings.parameters()]
+        tables = list(self.model.model.embeddings.parameters())
         if style == "peers":
             self.optimizers = [torch.optim.Adam(self.model.parameters(), lr=1e-3)]
         else:

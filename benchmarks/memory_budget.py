@@ -31,8 +31,8 @@ from benchmarks.common import peak_rss, rss_now
 
 MiB = 2**20
 SCENARIOS = {
-    "pair": dict(tables=2, budget_mib=600),
-    "split": dict(tables=1, budget_mib=400),
+    "pair": {"tables": 2, "budget_mib": 600},
+    "split": {"tables": 1, "budget_mib": 400},
 }
 
 
@@ -69,7 +69,7 @@ def run_rank(tables: int, rows: int, dim: int, budget_mib: float, steps: int, ba
         shard_bytes_per_rank,
         shard_model,
     )
-    from torchrec_fusion.training.trainer import quiet_third_party_logs
+    from torchrec_fusion.training.session import quiet_third_party_logs
 
     quiet_third_party_logs()
     ctx = init_distributed("cpu")

@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import torch
 
@@ -58,7 +58,7 @@ def _is_op(name: str) -> bool:
 def categorize(events: List[Any], wall_us: float) -> Dict[str, float]:
     """Microseconds per category over ``events`` (the profiler's), main thread only;
     ``python/framework`` gets what no op covers of ``wall_us``."""
-    out = {c: 0.0 for c in CATEGORIES}
+    out = dict.fromkeys(CATEGORIES, 0.0)
     events = [e for e in events if str(getattr(e, "device_type", "CPU")).endswith("CPU")]  # host ops only
     if not events:
         out["python/framework"] = wall_us
@@ -110,35 +110,23 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def profile_steps(runner: Any, natives: List[Any], ctx: Any, steps: int) -> Dict[str, Any]:
-    """Profiles ``steps`` steps of ``runner`` in its current mode (training or evaluation), after
-    one unprofiled one (the pipeline refills after a mode switch); returns milliseconds per step per
+def profiled(step: Callable[[], Any], steps: int, device: torch.device) -> Dict[str, Any]:
+    """Runs ``step()`` ``steps`` times under torch.profiler; returns milliseconds per step per
     category, the profiled steps' wall time and the profiler's own top ops by self CPU time."""
-    import torch.distributed as dist
     from torch.profiler import ProfilerActivity, profile
 
-    from benchmarks.contenders import batch_stream
-
-    it = batch_stream(runner, natives, steps + 1)
-    runner.progress(it)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.device.type == "cuda" else [])
-    if ctx.world_size > 1:
-        dist.barrier()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     prof = profile(activities=activities)
     with _quiet_stderr():
         prof.start()
     t0 = time.perf_counter()
     for _ in range(steps):
-        runner.progress(it)
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     wall_us = (time.perf_counter() - t0) * 1e6
     with _quiet_stderr():
         prof.stop()
-    try:
-        runner.progress(it)
-    except StopIteration:
-        pass
     cats = categorize(list(prof.events()), wall_us)
     top = sorted(prof.key_averages(), key=lambda k: k.self_cpu_time_total, reverse=True)[:12]
     return {
@@ -147,3 +135,20 @@ def profile_steps(runner: Any, natives: List[Any], ctx: Any, steps: int) -> Dict
         "ms_per_step": {k: v / 1000 / steps for k, v in cats.items()},
         "top_self_cpu_ms_per_step": [(k.key, k.self_cpu_time_total / 1000 / steps) for k in top],
     }
+
+
+def profile_steps(runner: Any, natives: List[Any], ctx: Any, steps: int) -> Dict[str, Any]:
+    """Profiles ``steps`` steps of ``runner`` in its current mode (training or evaluation), after
+    one unprofiled one (the pipeline refills after a mode switch): see :func:`profiled`."""
+    import torch.distributed as dist
+
+    from benchmarks.contenders import batch_stream
+
+    it = batch_stream(runner, natives, steps + 1)
+    runner.progress(it)
+    if ctx.world_size > 1:
+        dist.barrier()
+    out = profiled(lambda: runner.progress(it), steps, ctx.device)
+    with contextlib.suppress(StopIteration):
+        runner.progress(it)
+    return out

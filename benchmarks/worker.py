@@ -81,7 +81,7 @@ def run_jobs(jobs: List[Job]) -> List[Dict[str, Any]]:
     """Runs ``jobs`` one after the other on this rank (the launcher starts it on every rank).
     One job per process gives each its own peak-memory figure; several share the process's."""
     from torchrec_fusion.distributed.launcher import init_distributed
-    from torchrec_fusion.training.trainer import quiet_third_party_logs
+    from torchrec_fusion.training.session import quiet_third_party_logs
 
     quiet_third_party_logs()
     out = []

@@ -46,13 +46,14 @@ def main(out: str = "runs/own_table", rows: int = 50_000, epochs: int = 3) -> di
                   {"name": "purchase"}],
         "user_column": "user_id", "item_column": "item_id", "item_features": ["item_id", "tags"],
     }
-    result = train(TrainConfig(dataset="table", table=table, arch="mmoe", fusion="weighted", epochs=epochs,
-                               batch_size=256, world_size=2, history_length=0, output_dir=out, progress=False))
+    # the table spec is the "table" dataset's option: TrainConfig.make routes it into the config's data section
+    result = train(TrainConfig.make(dataset="table", table=table, arch="mmoe", fusion="weighted", epochs=epochs,
+                                    batch_size=256, world_size=2, history_length=0, output_dir=out, progress=False))
     again = evaluate_run(out, world_size=1)  # the 2-rank checkpoint, resharded onto one process
     recs = recommend(out, users=[3, 7], k=5)
     for r in recs:
         print(f"user {r['user']}: " + ", ".join(f"{it['item']} ({it['score']:.2f})" for it in r["items"]))
-    return {"train": result["tasks"], "evaluate": again["tasks"], "recommend": recs}
+    return {"train": result.tasks, "evaluate": again["tasks"], "recommend": recs}
 
 
 if __name__ == "__main__":

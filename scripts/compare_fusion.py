@@ -17,7 +17,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import torch
 
@@ -57,17 +57,19 @@ def main(argv: List[str]) -> int:
     rows: Dict[str, List[Dict[str, float]]] = {}
     fitted = []
     for seed in args.seeds:
-        base = dict(dataset="movielens", data_dir=args.data_dir, world_size=args.world_size, seed=seed,
-                    ranking_eval=True, fusion="weighted", fusion_target="like", keep_predictions=True,
-                    progress=False, verbose=False)
+        base: Dict[str, Any] = {"dataset": "movielens", "data_dir": args.data_dir, "world_size": args.world_size,
+                                "seed": seed, "ranking_eval": True, "fusion": "weighted", "fusion_target": "like",
+                                "keep_predictions": True, "progress": False, "verbose": False}
         if args.epochs:
             base["epochs"] = args.epochs
-        val = train(TrainConfig(**base, validation_fraction=0.1))
-        w = fit_weight(val["ranking_scores"], val["ranking_task"])
+        val = train(TrainConfig.make(**base, validation_fraction=0.1))
+        assert val.ranking_scores is not None  # kept: keep_predictions
+        w = fit_weight(val.ranking_scores, val.ranking_task)
         fitted.append(w)
-        test = train(TrainConfig(**base))
-        task, scores = test["ranking_task"], test["ranking_scores"]
-        report = dict(test["ranking"])
+        test = train(TrainConfig.make(**base))
+        task, scores = test.ranking_task, test.ranking_scores
+        assert scores is not None
+        report: Dict[str, Dict[str, float]] = dict(test.ranking)
         report["fitted weighted"] = catalogue_report({"f": weighted(scores, task, w)}, task, seed=seed)["f"]
         for name, m in report.items():
             rows.setdefault(name, []).append(m)

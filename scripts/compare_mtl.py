@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 from torchrec_fusion.training.config import TrainConfig
 from torchrec_fusion.training.trainer import train
@@ -42,21 +42,22 @@ def main(argv: List[str]) -> int:
     columns = COLUMNS if args.dataset == "movielens" else [
         ("ctr", "auc", "ctr AUC"), ("ctr", "logloss", "ctr log-loss"), ("watch_time", "rmse", "watch_time RMSE")]
     tasks = None if args.dataset == "movielens" else ["ctr", "watch_time"]
-    runs: List[Dict] = []
+    # each dataset takes its own options: the files' folder, or the number of synthetic rows
+    data = {"data_dir": args.data_dir} if args.dataset == "movielens" else {"synthetic_rows": args.synthetic_rows}
+    epochs = {"epochs": args.epochs} if args.epochs else {}
+    runs: List[Dict[str, Any]] = []
     for arch in args.archs:
         for balancing in args.balancing:
             for seed in args.seeds:
-                cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, arch=arch, balancing=balancing,
-                                  seed=seed, world_size=args.world_size, synthetic_rows=args.synthetic_rows,
-                                  tasks=tasks, progress=False, verbose=False)
-                if args.epochs:
-                    cfg.epochs = args.epochs
+                cfg = TrainConfig.make(dataset=args.dataset, arch=arch, balancing=balancing, seed=seed,
+                                       world_size=args.world_size, tasks=tasks, progress=False, verbose=False,
+                                       **data, **epochs)
                 t0 = time.time()
                 r = train(cfg)
-                runs.append({"arch": arch, "balancing": balancing, "seed": seed, "tasks": r["tasks"],
-                             "task_weights": r["task_weights"], "seconds": time.time() - t0})
+                runs.append({"arch": arch, "balancing": balancing, "seed": seed, "tasks": r.tasks,
+                             "task_weights": r.task_weights, "seconds": time.time() - t0})
                 print(f"{arch:14s} {balancing:12s} seed={seed} " + " ".join(
-                    f"{label}={r['tasks'][t][m]:.4f}" for t, m, label in columns), flush=True)
+                    f"{label}={r.tasks[t][m]:.4f}" for t, m, label in columns), flush=True)
 
     lines = ["| architecture | balancing | " + " | ".join(c[2] for c in columns) + " |",
              "| --- | --- | " + " | ".join("---" for _ in columns) + " |"]

@@ -1,5 +1,6 @@
 """PLE/CGC, ESMM, AITM and the single-task baseline: shapes, gradients, gates, hand computations."""
 
+import inspect
 import math
 from typing import Dict, List, Sequence
 
@@ -24,6 +25,7 @@ from torchrec_fusion.modules.architectures import (
     build_architecture,
 )
 from torchrec_fusion.modules.architectures.esmm import ctcvr_logit
+from torchrec_fusion.registry import options_dict
 from torchrec_fusion.tasks import TaskSpec
 from torchrec_fusion.training.config import TrainConfig
 
@@ -75,11 +77,13 @@ def _model(arch: str) -> MultiTaskModel:
 def test_registry_and_config_build_every_new_arch() -> None:
     assert {"ple", "cgc", "esmm", "aitm", "single_task"} <= set(ARCHITECTURES)
     for name in NEW:
-        arch = build_architecture(name, 10, ["a", "b"], **TrainConfig(arch=name).arch_kwargs())
+        arch = build_architecture(name, 10, ["a", "b"], options=TrainConfig.make(arch=name).member_options("arch"))
         out = arch(torch.randn(3, 10))
         assert set(out) == {"a", "b"} and out["a"].shape == (3, arch.out_features)
-    assert len(build_architecture("ple", 10, ["a"], **TrainConfig(arch="ple", num_levels=3).arch_kwargs()).levels) == 3
-    assert len(build_architecture("cgc", 10, ["a"], **TrainConfig(arch="cgc").arch_kwargs()).levels) == 1
+    ple = TrainConfig.make(arch="ple", num_levels=3).member_options("arch")
+    assert len(build_architecture("ple", 10, ["a"], options=ple).levels) == 3
+    cgc = TrainConfig.make(arch="cgc").member_options("arch")
+    assert len(build_architecture("cgc", 10, ["a"], options=cgc).levels) == 1
 
 
 @pytest.mark.parametrize("arch", NEW)
@@ -151,7 +155,7 @@ def test_ple_one_level_is_cgc_by_hand_and_two_levels_route_the_shared_gate() -> 
     x = torch.randn(5, 10)
     ple1 = PLEArch(10, names, num_levels=1, num_shared_experts=2, num_task_experts=2, expert_layer_sizes=[7, 6])
     assert ple1.levels[0].shared_gate is None
-    expect, _ = _by_hand_level(ple1.levels[0], {t: x for t in names}, x)
+    expect, _ = _by_hand_level(ple1.levels[0], dict.fromkeys(names, x), x)
     out = ple1(x)
     cgc = CGCArch(10, names, num_shared_experts=2, num_task_experts=2, expert_layer_sizes=[7, 6])
     cgc.load_state_dict(ple1.state_dict())
@@ -160,7 +164,7 @@ def test_ple_one_level_is_cgc_by_hand_and_two_levels_route_the_shared_gate() -> 
         torch.testing.assert_close(cgc(x)[t], expect[t])
 
     ple2 = PLEArch(10, names, num_levels=2, num_shared_experts=2, num_task_experts=1, expert_layer_sizes=[6])
-    h, s = _by_hand_level(ple2.levels[0], {t: x for t in names}, x)
+    h, s = _by_hand_level(ple2.levels[0], dict.fromkeys(names, x), x)
     assert s is not None and s.shape == (5, 6)
     expect, none = _by_hand_level(ple2.levels[1], h, s)
     assert none is None
@@ -258,11 +262,84 @@ def test_trains_sharded_over_two_processes(arch: str, balancing: str) -> None:
 
     # ESMM: a click task and the click-and-convert label over every impression
     tasks = ["ctr", "ctcvr"] if arch == "esmm" else None
-    result = train(TrainConfig(dataset="synthetic", synthetic_rows=3000, synthetic_scale=0.05, epochs=1,
-                               world_size=2, batch_size=64, arch=arch, balancing=balancing, embedding_dim=8,
-                               expert_layer_sizes=[16], bottom_layer_sizes=[16], tower_layer_sizes=[8],
-                               tasks=tasks, progress=False, verbose=False))
+    sizes = {"expert_layer_sizes": [16]} if arch in ("ple", "cgc") else {"task_layer_sizes": [16]}
+    result = train(TrainConfig.make(dataset="synthetic", synthetic_rows=3000, synthetic_scale=0.05, epochs=1,
+                                    world_size=2, batch_size=64, arch=arch, balancing=balancing, embedding_dim=8,
+                                    tower_layer_sizes=[8], tasks=tasks, progress=False, verbose=False, **sizes))
     assert result["world_size"] == 2 and len(result["step_losses"]) > 10
     assert all(math.isfinite(v) for v in result["step_losses"])
     for task in tasks or ("ctr", "cvr", "watch_time", "ctcvr"):
         assert all(math.isfinite(v) for v in result["tasks"][task].values())
+
+
+# today's defaults (those the CLI has always used), per architecture
+ARCH_DEFAULTS = {
+    "mmoe": {"num_experts": 4, "expert_layer_sizes": [128, 64]},
+    "ple": {"num_levels": 2, "num_shared_experts": 2, "num_task_experts": 1, "expert_layer_sizes": [128, 64]},
+    "cgc": {"num_shared_experts": 2, "num_task_experts": 1, "expert_layer_sizes": [128, 64]},
+    "shared_bottom": {"bottom_layer_sizes": [128, 64]},
+    "single_task": {"task_layer_sizes": [128, 64]},
+    "esmm": {"task_layer_sizes": [128, 64]},
+    "aitm": {"task_layer_sizes": [128, 64], "attention_dim": None},
+}
+
+
+def _constructor_defaults(cls: type, names: Sequence[str]) -> Dict[str, object]:
+    params = inspect.signature(cls).parameters
+    return {n: list(d) if isinstance(d := params[n].default, tuple) else d for n in names}
+
+
+@pytest.mark.parametrize("name", sorted(ARCH_DEFAULTS))
+def test_arch_options_defaults_are_todays_and_the_constructors(name: str) -> None:
+    assert set(ARCHITECTURES) == set(ARCH_DEFAULTS)
+    expected = ARCH_DEFAULTS[name]
+    assert options_dict(ARCHITECTURES.options(name)) == expected
+    assert _constructor_defaults(ARCHITECTURES[name], list(expected)) == expected
+    # built from the defaults: the same modules as built with those options spelt out
+    torch.manual_seed(0)
+    built = build_architecture(name, 10, ["a", "b"], dropout=0.1)
+    torch.manual_seed(0)
+    explicit = ARCHITECTURES[name](10, ["a", "b"], dropout=0.1, **expected)
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in explicit.state_dict().items()}
+    assert built.out_features == 64
+
+
+def test_arch_options_merge_with_keywords_and_reach_the_model() -> None:
+    ple = build_architecture("ple", 10, ["a"], options={"num_levels": 3}, num_shared_experts=1)
+    assert len(ple.levels) == 3 and len(ple.levels[0].shared_experts) == 1
+    model = MultiTaskModel(_ebc(), 3, TASKS, arch="mmoe", arch_kwargs={"num_experts": 3, "dropout": 0.25})
+    assert model.task_arch.num_experts == 3 and model.task_arch.experts.act.p == 0.25
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("mmoe", {"experts": 3}, r"unknown option\(s\) \['experts'\]"),
+    ("mmoe", {"num_experts": "4"}, r"num_experts: expected an integer"),
+    ("mmoe", {"num_experts": 2.0}, r"num_experts: expected an integer"),
+    ("mmoe", {"expert_layer_sizes": [64, "x"]}, r"expert_layer_sizes\[1\]: expected an integer"),
+    ("shared_bottom", {"bottom_layer_sizes": 64}, r"bottom_layer_sizes: expected a list"),
+    ("cgc", {"num_levels": 2}, r"unknown option\(s\) \['num_levels'\]"),
+    ("aitm", {"attention_dim": "wide"}, r"attention_dim: expected an integer"),
+])
+def test_unknown_or_mistyped_arch_options_are_value_errors(name: str, options: Dict[str, object],
+                                                           message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_architecture(name, 10, ["a", "b"], options=options)
+    with pytest.raises(ValueError, match=message):
+        MultiTaskModel(_ebc(), 3, ESMM_TASKS, arch=name, arch_kwargs=options)
+
+
+def test_unknown_architecture_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown architecture 'moe'; choose one of \['aitm'"):
+        build_architecture("moe", 10, ["a"])
+
+
+def test_aitm_attention_dim_option_sets_the_attention_width() -> None:
+    arch = build_architecture("aitm", 8, ["a", "b", "c"], options={"task_layer_sizes": [16], "attention_dim": 4})
+    for t in ("b", "c"):
+        ait = arch.ait[t]
+        assert ait.h1.out_features == ait.h2.out_features == 4 and ait.h3.out_features == 16
+        assert ait.scale == pytest.approx(0.5)
+    default = build_architecture("aitm", 8, ["a", "b"], options={"task_layer_sizes": [16]})
+    assert default.ait["b"].h1.out_features == 16  # the representation width
+    with pytest.raises(ValueError, match="attention_dim >= 1"):
+        build_architecture("aitm", 8, ["a", "b"], options={"attention_dim": 0})

@@ -12,16 +12,16 @@ from torchrec_fusion.tasks import TaskSpec
 
 
 def _data(**kw) -> MultiTaskData:
-    args = dict(
-        dense=torch.zeros(3, 1),
-        sparse={"user": SparseColumn(torch.tensor([0, 1, 2])),
+    args = {
+        "dense": torch.zeros(3, 1),
+        "sparse": {"user": SparseColumn(torch.tensor([0, 1, 2])),
                 "tags": SparseColumn(torch.tensor([4, 1]), torch.tensor([0, 2, 2, 2]))},
-        num_embeddings={"user": 3, "tags": 5},
-        tasks=[TaskSpec("like"), TaskSpec("rating", "regression")],
-        labels=torch.tensor([[1.0, 4.0], [0.0, 2.0], [1.0, 5.0]]),
-        masks=torch.ones(3, 2, dtype=torch.bool),
-        source="mydata",
-    )
+        "num_embeddings": {"user": 3, "tags": 5},
+        "tasks": [TaskSpec("like"), TaskSpec("rating", "regression")],
+        "labels": torch.tensor([[1.0, 4.0], [0.0, 2.0], [1.0, 5.0]]),
+        "masks": torch.ones(3, 2, dtype=torch.bool),
+        "source": "mydata",
+    }
     args.update(kw)
     return MultiTaskData(**args)
 

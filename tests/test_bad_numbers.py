@@ -9,7 +9,8 @@ from torchrec_fusion.data.synthetic import SyntheticConfig, make_synthetic
 from torchrec_fusion.distributed.sharding import seed_embedding_tables
 from torchrec_fusion.losses import BALANCERS
 from torchrec_fusion.training.config import TrainConfig
-from torchrec_fusion.training.trainer import build_train_model, train
+from torchrec_fusion.training.factory import build_train_model
+from torchrec_fusion.training.trainer import train
 
 
 def _empty_bags(data, feature: str, every: int = 1) -> None:
@@ -27,7 +28,7 @@ def test_all_masked_batch_with_empty_bags_is_finite(balancing: str) -> None:
     for f in ("tags", "category"):
         _empty_bags(data, f)
     data.masks[:] = False
-    model = build_train_model(TrainConfig(balancing=balancing, fusion="weighted"), data, device="cpu")
+    model = build_train_model(TrainConfig.make(balancing=balancing, fusion="weighted"), data, device="cpu")
     seed_embedding_tables(model, 0)
     for _ in range(2):  # the second step sees the state the first left (DWA windows, GradNorm's start)
         loss, (_, preds, labels) = model(data.make_batch(torch.arange(64)))
@@ -39,7 +40,7 @@ def test_all_masked_batch_with_empty_bags_is_finite(balancing: str) -> None:
 
 
 def test_sharded_run_with_empty_bags_trains() -> None:
-    r = train(TrainConfig(dataset="synthetic", synthetic_rows=3000, synthetic_scale=0.05, epochs=1, batch_size=64,
-                          world_size=2, progress=False, verbose=False, report=False, history_length=0,
-                          tasks=["ctr", "cvr"]))
+    r = train(TrainConfig.make(dataset="synthetic", synthetic_rows=3000, synthetic_scale=0.05, epochs=1,
+                               batch_size=64, world_size=2, progress=False, verbose=False, report=False,
+                               history_length=0, tasks=["ctr", "cvr"]))
     assert all(torch.isfinite(torch.tensor(r["step_losses"])))

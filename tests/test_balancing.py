@@ -1,5 +1,6 @@
 """Loss balancers: uncertainty weighting (Kendall et al.) and Dynamic Weight Average (Liu et al.)."""
 
+import inspect
 import math
 from typing import Dict, List
 
@@ -11,6 +12,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec_fusion.losses import BALANCERS, build_balancer
 from torchrec_fusion.losses.balancing import DynamicWeightAverage, UncertaintyWeighting
 from torchrec_fusion.modules import MultiTaskModel, MultiTaskTrain
+from torchrec_fusion.registry import options_dict
 from torchrec_fusion.tasks import TaskSpec
 
 
@@ -145,3 +147,56 @@ def test_dwa_state_survives_state_dict_and_eval_does_not_update() -> None:
     a.eval()
     _feed(a, steps)
     assert all(torch.equal(state[k], v) for k, v in a.state_dict().items())
+
+
+# today's defaults, per balancer (fixed and uncertainty take no options)
+BALANCER_DEFAULTS = {
+    "fixed": {},
+    "uncertainty": {},
+    "dwa": {"window": 100, "temperature": 2.0},
+    "gradnorm": {"alpha": 1.5},
+    "pcgrad": {"seed": 0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BALANCER_DEFAULTS))
+def test_balancer_options_defaults_are_todays_and_the_constructors(name: str) -> None:
+    assert set(BALANCERS) == set(BALANCER_DEFAULTS)
+    expected = BALANCER_DEFAULTS[name]
+    assert options_dict(BALANCERS.options(name)) == expected
+    params = inspect.signature(BALANCERS[name]).parameters
+    assert {n: params[n].default for n in expected} == expected
+    assert set(params) == {"tasks", *expected}  # every knob of the constructor is an option
+    assert type(build_balancer(name, [TaskSpec("a"), TaskSpec("b")])) is BALANCERS[name]
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("dwa", {"windw": 5}, r"unknown option\(s\) \['windw'\]; known: \['temperature', 'window'\]"),
+    ("dwa", {"window": 2.5}, r"window: expected an integer"),
+    ("dwa", {"temperature": "hot"}, r"temperature: expected a number"),
+    ("gradnorm", {"alpha": None}, r"alpha: expected a number"),
+    ("pcgrad", {"seed": True}, r"seed: expected an integer"),
+    ("fixed", {"seed": 1}, r"unknown option\(s\) \['seed'\]; known: none"),
+    ("uncertainty", {"window": 1}, r"unknown option\(s\) \['window'\]"),
+])
+def test_unknown_or_mistyped_balancer_options_are_value_errors(name: str, options: Dict[str, object],
+                                                               message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_balancer(name, [TaskSpec("a")], options=options)
+
+
+def test_unknown_balancer_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown loss balancing 'dwb'; choose one of \['dwa'"):
+        build_balancer("dwb", [TaskSpec("a")])
+
+
+def test_dwa_options_change_the_weights() -> None:
+    tasks, steps = [TaskSpec("fast"), TaskSpec("slow")], _decay(6)
+
+    def last(options: Dict[str, object]) -> Dict[str, float]:
+        return _feed(build_balancer("dwa", tasks, options=options), steps)[-1]
+
+    sharp, even = last({"window": 1, "temperature": 0.5}), last({"window": 1, "temperature": 8.0})
+    assert sharp["slow"] > even["slow"] > 1.0 > even["fast"] > sharp["fast"]
+    # windows of 4 steps: fewer than two complete in 6 steps, so the weights are still even
+    assert last({"window": 4}) == {"fast": 1.0, "slow": 1.0} != last({"window": 1})

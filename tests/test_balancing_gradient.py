@@ -52,7 +52,8 @@ def _model_and_batch(arch: str = "mmoe"):
                                                             feature_names=["u"])])
     kwargs = {"num_experts": 2, "expert_layer_sizes": [8]} if arch == "mmoe" else {"bottom_layer_sizes": [8]}
     model = MultiTaskModel(ebc, 2, REG, arch=arch, arch_kwargs=kwargs, tower_layer_sizes=[4])
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["u"], values=torch.arange(8) % 10, lengths=torch.ones(8, dtype=torch.long))
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["u"], values=torch.arange(8) % 10,
+                                              lengths=torch.ones(8, dtype=torch.long))
     labels = torch.stack([torch.full((8,), 3.0), torch.full((8,), -3.0)], 1)
     batch = MultiTaskBatch(torch.randn(8, 2), kjt, labels, torch.ones(8, 2, dtype=torch.bool), ("a", "b"))
     return model, batch
@@ -92,10 +93,45 @@ def test_gradient_balancers_are_inert_in_eval() -> None:
 
 @pytest.mark.parametrize("arch, balancing", [("mmoe", "pcgrad"), ("shared_bottom", "gradnorm")])
 def test_gradient_balancing_trains_sharded_with_fused_embeddings(arch: str, balancing: str) -> None:
-    r = train(TrainConfig(dataset="synthetic", synthetic_rows=4000, synthetic_scale=0.05, epochs=1, world_size=2,
-                          batch_size=64, arch=arch, balancing=balancing, progress=False, verbose=False))
+    r = train(TrainConfig.make(dataset="synthetic", synthetic_rows=4000, synthetic_scale=0.05, epochs=1, world_size=2,
+                               batch_size=64, arch=arch, balancing=balancing, progress=False, verbose=False))
     assert all(torch.isfinite(torch.tensor(r["step_losses"])))
     assert r["tasks"]["ctr"]["auc"] > 0.55
     if balancing == "gradnorm":
         w = r["task_weights"]
-        assert abs(sum(w.values()) - len(w)) < 1e-4 and len(set(round(v, 4) for v in w.values())) > 1, w
+        assert abs(sum(w.values()) - len(w)) < 1e-4 and len({round(v, 4) for v in w.values()}) > 1, w
+
+
+
+@pytest.mark.parametrize("alpha, gap", [(0.0, 9.0), (2.0, 13 / 9 + 2 / 9)])
+def test_gradnorm_alpha_option_sets_the_target_norms(alpha: float, gap: float) -> None:
+    theta = torch.nn.Parameter(torch.ones(2))
+    b = build_balancer("gradnorm", REG, options={"alpha": alpha})
+    b.bind(lambda: [theta])
+    b({"a": (theta**2).sum(), "b": 10 * theta.sum()})  # the first losses: 2 and 20
+    with torch.no_grad():
+        theta.mul_(0.5)
+    loss = b({"a": (theta**2).sum(), "b": 10 * theta.sum()})
+    # losses 0.5 and 10 (ratios 1/4 and 1/2: r = [2/3, 4/3]); w = [1, 1]; G = [1, 10] sqrt(2), mean 5.5 sqrt(2);
+    # target = 5.5 sqrt(2) r^alpha: alpha 0 -> |1 - 5.5| + |10 - 5.5| = 9; alpha 2 -> |1 - 22/9| + |10 - 88/9|
+    assert loss.item() == pytest.approx(0.5 + 10 + gap * 2**0.5, rel=1e-5)
+
+
+def test_pcgrad_seed_option_sets_the_projection_order() -> None:
+    # three gradients 120 degrees apart, each in conflict with the other two: the order matters
+    dirs = torch.tensor([[1.0, 0.0], [-0.5, 0.75**0.5], [-0.5, -(0.75**0.5)]]) * torch.tensor([[1.0], [2.0], [3.0]])
+    tasks = [TaskSpec(t, "regression") for t in "abc"]
+
+    def grads(seed: int) -> torch.Tensor:
+        theta = torch.nn.Parameter(torch.zeros(2))
+        b = build_balancer("pcgrad", tasks, options={"seed": seed})
+        b.bind(lambda: [theta])
+        out = []
+        for _ in range(4):
+            theta.grad = None
+            b({t: theta @ d for t, d in zip("abc", dirs)}).backward()
+            out.append(theta.grad.clone())
+        return torch.stack(out)
+
+    assert torch.equal(grads(0), grads(0)) and torch.equal(grads(7), grads(7))
+    assert not torch.equal(grads(0), grads(7))

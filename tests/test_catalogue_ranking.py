@@ -5,6 +5,7 @@ from conftest import ML100K, needs_ml100k
 
 from torchrec_fusion.data.dataset import MultiTaskData, SparseColumn
 from torchrec_fusion.evaluation.catalogue import catalogue_report, catalogue_task
+from torchrec_fusion.fusion.rank_aggregation import aggregate_lists
 from torchrec_fusion.tasks import TaskSpec
 from torchrec_fusion.training.config import TrainConfig
 from torchrec_fusion.training.trainer import train
@@ -30,14 +31,15 @@ def test_catalogue_task_bookkeeping() -> None:
     assert t.heldout[1] == 0 and t.heldout[0] in (2, 4)
     # a score that puts the liked items first; the seen items (scored highest) must not count
     scores = torch.tensor([[9.0, 8.0, 3.0, 1.0, 2.0], [0.5, 0.4, 0.3, 0.2, 0.1]])
-    r = catalogue_report({"s": scores, "flipped": -scores}, t, ks=(2,), num_negatives=2, fuse_over=["s", "flipped"])
+    both = {"s": scores, "flipped": -scores}
+    r = catalogue_report({**both, **aggregate_lists(both, unlisted=t.seen)}, t, ks=(2,), num_negatives=2)
     assert r["s"]["hr@2"] == 1.0 and r["s"]["ndcg@2"] == 1.0 and r["s"]["mrr"] == 1.0
     assert r["flipped"]["mrr"] < 1.0 and set(r) == {"s", "flipped", "rrf", "borda", "combsum"}
 
 
 @needs_ml100k
 def test_movielens_catalogue_ranking_with_fusion_two_ranks() -> None:
-    r = train(TrainConfig(dataset="movielens", data_dir=str(ML100K), world_size=2, epochs=1, ranking_eval=True,
+    r = train(TrainConfig.make(dataset="movielens", data_dir=str(ML100K), world_size=2, epochs=1, ranking_eval=True,
                           fusion="weighted", progress=False, verbose=False))
     ranking = r["ranking"]
     assert set(ranking) == {"like", "rating", "fused", "rrf", "borda", "combsum"}

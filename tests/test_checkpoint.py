@@ -12,7 +12,8 @@ from torchrec_fusion.serving import load_exported
 from torchrec_fusion.training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from torchrec_fusion.training.config import TrainConfig
 from torchrec_fusion.training.inference import evaluate_run, load_run
-from torchrec_fusion.training.trainer import prepare_data, train
+from torchrec_fusion.training.prepare import prepare_data
+from torchrec_fusion.training.trainer import train
 
 # PCGrad keeps a torch.Generator and dropout draws from the global RNG: both must be restored
 BASE = dict(dataset="synthetic", synthetic_rows=3000, synthetic_scale=0.05, embedding_dim=16, epochs=2,
@@ -22,7 +23,7 @@ STEPS = 36  # 2 epochs of 18 global batches of 128
 
 
 def _train(out, world_size=2, **kw):
-    return train(TrainConfig(**{**BASE, "world_size": world_size, "batch_size": 128 // world_size,
+    return train(TrainConfig.make(**{**BASE, "world_size": world_size, "batch_size": 128 // world_size,
                                 "output_dir": str(out), **kw}))
 
 
@@ -145,9 +146,9 @@ def test_unfinished_checkpoint_is_never_the_latest(straight, tmp_path) -> None:
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path) -> None:
     with pytest.raises(FloatingPointError, match="NaN/inf.*last good checkpoint"):
-        train(TrainConfig(dataset="synthetic", synthetic_rows=3000, synthetic_scale=0.05, embedding_dim=16, epochs=3,
-                          batch_size=64, progress=False, verbose=False, report=False, dense_optimizer="sgd",
-                          dense_lr=3.0, checkpoint_every=5, output_dir=str(tmp_path)))
+        train(TrainConfig.make(dataset="synthetic", synthetic_rows=3000, synthetic_scale=0.05, embedding_dim=16,
+                               epochs=3, batch_size=64, progress=False, verbose=False, report=False,
+                               dense_optimizer="sgd", dense_lr=3.0, checkpoint_every=5, output_dir=str(tmp_path)))
     root = str(tmp_path / "checkpoints")
     assert [os.path.basename(p) for p in list_checkpoints(root)] == ["step_000000005"]
     assert evaluate_run(str(tmp_path))["step"] == 5  # loads, and verifies

@@ -1,16 +1,26 @@
 """Tests of the MovieLens readers and the synthetic dataset."""
 
+import ast
+import dataclasses
+import random
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Set
 
 import numpy as np
 import pytest
 import torch
 
+import torchrec_fusion.data
+from torchrec_fusion.data.criteo import CriteoReader
 from torchrec_fusion.data.dataset import MultiTaskData
-from torchrec_fusion.data.movielens import load_movielens
-from torchrec_fusion.data.synthetic import SyntheticConfig, make_synthetic, zipf_ids
+from torchrec_fusion.data.movielens import MovieLensReader, load_movielens
+from torchrec_fusion.data.registry import DATASETS, load_dataset
+from torchrec_fusion.data.synthetic import SyntheticConfig, SyntheticReader, make_synthetic, zipf_ids
+from torchrec_fusion.data.tabular import TableReader
+from torchrec_fusion.data.types import BatchSource
 
 ML100K = Path(__file__).resolve().parents[1].parent / "shared/data/ml-100k"
 needs_ml100k = pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason=f"{ML100K} is not there")
@@ -28,7 +38,7 @@ def _check_ids(data: MultiTaskData) -> None:
     for name, col in data.sparse.items():
         assert col.values.dtype == torch.int64, name
         if col.values.numel():
-            assert 0 <= int(col.values.min()) and int(col.values.max()) < data.num_embeddings[name], name
+            assert int(col.values.min()) >= 0 and int(col.values.max()) < data.num_embeddings[name], name
 
 
 def _write(root: Path, files: Dict[str, str], encoding: str = "utf-8") -> Path:
@@ -301,3 +311,100 @@ def test_synthetic_config_checks() -> None:
         SyntheticConfig(test_fraction=1.0)
     train, test = make_synthetic(SyntheticConfig(num_rows=1_000, num_dense=0, max_tags=0, zipf_a=0.0))
     assert train.dense.shape == (800, 0) and int(train.sparse["tags"].lengths().sum()) == 0
+
+
+def test_registry_lists_the_four_datasets() -> None:
+    assert list(DATASETS) == ["synthetic", "movielens", "table", "criteo"]
+    assert [DATASETS[n] for n in DATASETS] == [SyntheticReader, MovieLensReader, TableReader, CriteoReader]
+    with pytest.raises(ValueError, match=r"unknown dataset 'imagenet'; choose one of \['criteo', 'movielens'"):
+        load_dataset("imagenet")
+
+
+def test_reader_options_and_their_defaults() -> None:
+    def defaults(name: str) -> Dict[str, object]:
+        return dataclasses.asdict(DATASETS.options(name))
+
+    assert defaults("synthetic") == {"synthetic_rows": 200_000, "synthetic_scale": 1.0}
+    assert defaults("movielens") == {"data_dir": None, "split": "auto"}
+    assert defaults("table") == {"table": None}
+    assert defaults("criteo") == {"data_dir": None}
+    opts = DATASETS.options("movielens", {"data-dir": "ml", "split": "u2"})  # flag spelling accepted
+    assert (opts.data_dir, opts.split) == ("ml", "u2")
+
+
+def test_unknown_or_mistyped_data_options_name_the_key() -> None:
+    with pytest.raises(ValueError, match=r"data: unknown option\(s\) \['data_dri'\]; known: \['data_dir', 'split'\]"):
+        load_dataset("movielens", {"data_dri": "x"})
+    with pytest.raises(ValueError, match=r"data\.synthetic_rows: expected an integer, got 'many'"):
+        load_dataset("synthetic", {"synthetic_rows": "many"})
+    with pytest.raises(ValueError, match="--dataset movielens needs --data-dir"):
+        load_dataset("movielens", {"split": "random"})
+    with pytest.raises(ValueError, match="--dataset criteo needs --data-dir"):
+        load_dataset("criteo")
+
+
+def test_synthetic_dataset_scales_and_seeds() -> None:
+    a = load_dataset("synthetic", {"synthetic_rows": 1000, "synthetic_scale": 0.1}, seed=3)
+    b = load_dataset("synthetic", {"synthetic_rows": 1000, "synthetic_scale": 0.1}, seed=3)
+    assert isinstance(a.train, BatchSource) and a.train.in_memory
+    assert a.train.num_embeddings == {"user": 1000, "item": 500, "category": 10, "tags": 100}
+    assert a.info == {"dataset": "synthetic", "rows": 1000} and a.candidates is not None
+    assert torch.equal(a.train.label_means(), b.train.label_means())
+
+
+@needs_ml100k
+def test_movielens_dataset_gives_public_ids_and_titles() -> None:
+    d = load_dataset("movielens", {"data_dir": str(ML100K)})
+    assert d.info == {"dataset": "ml-100k", "data_dir": str(ML100K), "num_items": 1682}
+    assert d.user_ids is not None and d.item_ids is not None and d.item_titles is not None
+    assert d.user_ids.tolist() == list(range(1, 944)) and d.item_ids[:3].tolist() == [1, 2, 3]
+    assert d.candidates is not None and len(d.candidates(torch.tensor([0]), torch.tensor([5]))) == 1
+
+
+DATA_DIR = Path(torchrec_fusion.data.__file__).parent
+
+
+def _data_modules() -> List[str]:
+    return sorted(f"torchrec_fusion.data.{p.stem}" for p in DATA_DIR.glob("*.py") if p.stem != "__init__")
+
+
+def _imported(path: Path, mods: Set[str]) -> Set[str]:
+    """The data modules ``path`` imports, anywhere in it (late imports too)."""
+    out: Set[str] = set()
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.ImportFrom) and n.module:
+            out |= {n.module} | {f"{n.module}.{a.name}" for a in n.names}
+        elif isinstance(n, ast.Import):
+            out |= {a.name for a in n.names}
+    return out & mods
+
+
+def test_data_imports_have_no_circle() -> None:
+    """Every import among the data modules, late ones included, follows one order."""
+    mods = set(_data_modules())
+    graph = {m: _imported(DATA_DIR / f"{m.rsplit('.', 1)[1]}.py", mods) for m in mods}
+    done: Set[str] = set()
+
+    def visit(m: str, path: List[str]) -> None:
+        assert m not in path, f"import circle: {' -> '.join(path + [m])}"
+        if m not in done:
+            for d in sorted(graph[m]):
+                visit(d, path + [m])
+            done.add(m)
+
+    for m in sorted(mods):
+        visit(m, [])
+    assert "torchrec_fusion.data.dataset" in graph["torchrec_fusion.data.types"]  # the scan sees imports
+
+
+def test_each_data_module_imports_first() -> None:
+    """Each data module imported with no other data module loaded, in a random order."""
+    mods = _data_modules()
+    random.shuffle(mods)
+    script = ("import importlib, sys\n"
+              f"for m in {mods!r}:\n"
+              "    for k in [k for k in sys.modules if k.startswith('torchrec_fusion.data')]:\n"
+              "        del sys.modules[k]\n"
+              "    importlib.import_module(m)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, f"order {mods}:\n{run.stderr[-3000:]}"

@@ -18,10 +18,12 @@ def _examples() -> Iterator[Tuple[str, str, dict]]:
         module = importlib.import_module(info.name)
         objs: List = [module]
         for _, obj in inspect.getmembers(module):
-            if getattr(obj, "__module__", None) == module.__name__ and (inspect.isclass(obj) or inspect.isfunction(obj)):
+            own = getattr(obj, "__module__", None) == module.__name__
+            if own and (inspect.isclass(obj) or inspect.isfunction(obj)):
                 objs.append(obj)
                 if inspect.isclass(obj):
-                    objs += [m for _, m in inspect.getmembers(obj, inspect.isfunction) if m.__qualname__.startswith(obj.__name__)]
+                    objs += [m for _, m in inspect.getmembers(obj, inspect.isfunction)
+                             if m.__qualname__.startswith(obj.__name__)]
         for obj in objs:
             doc = inspect.getdoc(obj) or ""
             if "Example::" not in doc:
@@ -32,7 +34,8 @@ def _examples() -> Iterator[Tuple[str, str, dict]]:
                 if line.strip() and not line.startswith(" "):
                     break
                 body.append(line)
-            yield f"{info.name}:{getattr(obj, '__qualname__', obj.__name__)}", textwrap.dedent("\n".join(body)), vars(module)
+            name = f"{info.name}:{getattr(obj, '__qualname__', obj.__name__)}"
+            yield name, textwrap.dedent("\n".join(body)), vars(module)
 
 
 EXAMPLES = list(_examples())

@@ -46,6 +46,21 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
         fuse_files([a, _write(tmp_path / "c" / "scores.csv", "1,10,1,0.2\n1,11,0,0.5\n")], "best", "like")
 
 
+def test_weights_and_options_follow_the_registry(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a" / "scores.csv", "1,10,1,0.9\n1,11,0,0.5\n1,12,0,0.1\n")
+    b = _write(tmp_path / "b" / "scores.csv", "1,10,1,0.1\n1,11,0,0.5\n1,12,0,0.9\n")
+    # rrf, k = 0, weights 3, 1: item 10 ranks 1 and 3 -> 3 + 1/3; 11 ranks 2, 2 -> 1.5 + .5; 12 ranks 3, 1 -> 1 + 1
+    _, fused, _ = fuse_files([a, b], "rrf", "like", weights=[3.0, 1.0], options={"k": 0})
+    assert fused.tolist() == pytest.approx([10 / 3, 2.0, 2.0])
+    # weighted: per-user z-scores, a -> 1.224745, 0, -1.224745 and b the reverse; weights 2, 1
+    _, fused, _ = fuse_files([a, b], "weighted", "like", weights=[2.0, 1.0])
+    assert fused.tolist() == pytest.approx([1.224745, 0.0, -1.224745])
+    with pytest.raises(ValueError, match=r"fusion 'combmax' takes no weights; these do: \['borda'"):
+        fuse_files([a, b], "combmax", "like", weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match=r"fusion 'borda' options: unknown option\(s\) \['k'\]"):
+        fuse_files([a, b], "borda", "like", options={"k": 1})
+
+
 def test_cli_two_runs_then_fuse(tmp_path: Path, capsys) -> None:
     for arch in ("mmoe", "shared_bottom"):
         assert main(["train", "--synthetic-rows", "6000", "--epochs", "1", "--arch", arch, "--world-size", "1",

@@ -12,9 +12,12 @@ from torchrec_fusion.evaluation.metrics import auc
 from torchrec_fusion.fusion import (
     RANK_FUSIONS,
     GatedFusion,
+    RankFusion,
     ScoreNormalizer,
     StackingFusion,
     WeightedFusion,
+    aggregate,
+    aggregate_lists,
     borda,
     cascade,
     combanz,
@@ -200,6 +203,55 @@ def test_fuse_registry_and_norm() -> None:
         fuse("condorcet", [a, b])
     with pytest.raises(ValueError, match="weights"):
         rrf([a, b], weights=[1.])
+
+
+def test_rank_registry_lists_members_and_capabilities() -> None:
+    assert sorted(RANK_FUSIONS) == ["borda", "combanz", "combmax", "combmed", "combmin", "combmnz", "combsum", "rrf",
+                                    "weighted"]
+    assert sorted(n for n, f in RANK_FUSIONS.items() if f.takes_weights) == ["borda", "combmnz", "combsum", "rrf",
+                                                                           "weighted"]
+    assert {n: f.norm for n, f in RANK_FUSIONS.items() if f.norm} == {
+        "combsum": "minmax", "combmnz": "minmax", "combanz": "minmax", "combmax": "minmax", "combmin": "minmax",
+        "combmed": "minmax", "weighted": "zscore"}
+    assert RANK_FUSIONS.options("rrf").k == 60.0 and RANK_FUSIONS.options("rrf", {"k": 1}).k == 1.0
+
+
+def test_aggregate_reads_weights_norm_and_options_from_the_registry() -> None:
+    a, b = torch.tensor([[0., 5., 10.]]), torch.tensor([[2., 1., NAN]])
+    # comb*: per-user min-max first (a -> 0, .5, 1; b -> 1, 0, missing); weights 1, 2: 2, .5, 1
+    assert close(aggregate("combsum", [a, b], [1., 2.]), [[2., .5, 1.]])
+    assert close(aggregate("combmax", [a, b]), [[1., .5, 1.]])
+    # weighted: per-user z-scores (a -> -1.224745, 0, 1.224745; b -> 1, -1, missing), weights 1, 2
+    assert close(aggregate("weighted", [a, b], [1., 2.]), [[.775255, -2., 1.224745]])
+    # rrf on ranks, options checked: k = 0 -> a ranks 3, 2, 1; b ranks 1, 2, -
+    assert close(aggregate("rrf", [a, b], options={"k": 0}), [[1 / 3 + 1, 1., 1.]])
+    with pytest.raises(ValueError, match=r"fusion 'combmax' takes no weights; these do: \['borda', 'combmnz'"):
+        aggregate("combmax", [a, b], [1., 2.])
+    with pytest.raises(ValueError, match=r"fusion 'borda' options: unknown option\(s\) \['k'\]; known: none"):
+        aggregate("borda", [a, b], options={"k": 1})
+    with pytest.raises(ValueError, match=r"fusion 'rrf' options.k: expected a number"):
+        aggregate("rrf", [a, b], options={"k": "60"})
+
+
+def test_a_registered_rank_fusion_is_aggregated_as_registered() -> None:
+    RANK_FUSIONS.register("first", RankFusion(lambda s: s[0], norm="minmax"))
+    try:
+        a, b = torch.tensor([[0., 5., 10.]]), torch.tensor([[2., 1., NAN]])
+        assert close(aggregate("first", [a, b]), [[0., .5, 1.]])
+        with pytest.raises(ValueError, match="'first' takes no weights"):
+            aggregate("first", [a, b], [1., 1.])
+    finally:
+        del RANK_FUSIONS["first"]
+
+
+def test_aggregate_lists_masks_unlisted_candidates() -> None:
+    s = {"a": torch.tensor([[9., 1., 2.]]), "b": torch.tensor([[9., 2., 1.]])}
+    seen = torch.tensor([[True, False, False]])
+    out = aggregate_lists(s, unlisted=seen)
+    assert list(out) == ["rrf", "borda", "combsum"] and all(v[0, 0].isnan() for v in out.values())
+    # without the seen item: a ranks 2, 1; b ranks 1, 2 -> a tie under every method
+    assert close(out["borda"], [[NAN, 3., 3.]]) and close(out["combsum"], [[NAN, 1., 1.]])
+    assert aggregate_lists({"a": s["a"]}) == {}
 
 
 # ----------------------------------------------------------------------------------------- decision

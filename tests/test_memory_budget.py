@@ -69,7 +69,7 @@ def test_budget_too_small_for_one_rank_splits_the_table(cases) -> None:
         kind, ranks = split["plan"]["big"]
         assert kind in ("row_wise", "table_row_wise", "column_wise", "table_column_wise", "grid_shard"), split
         assert ranks == [0, 1], split
-        assert BIG_BYTES > 400 * MiB  # the table alone is over one rank's budget...
+        assert 400 * MiB < BIG_BYTES  # the table alone is over one rank's budget...
         assert all(b <= 400 * MiB for b in split["bytes"]), split  # ...no rank's shards are
         assert sum(split["bytes"]) >= BIG_BYTES
 
@@ -149,7 +149,7 @@ def test_trainer_rank_memory_too_small_fails_clearly() -> None:
     from torchrec_fusion.training.config import TrainConfig
     from torchrec_fusion.training.trainer import train
 
-    config = TrainConfig(dataset="synthetic", synthetic_rows=512, tasks=["ctr"], embedding_dim=16, epochs=1,
-                         progress=False, verbose=False, world_size=2, batch_size=64, rank_memory_mb=0.01)
+    config = TrainConfig.make(dataset="synthetic", synthetic_rows=512, tasks=["ctr"], embedding_dim=16, epochs=1,
+                              progress=False, verbose=False, world_size=2, batch_size=64, rank_memory_mb=0.01)
     with pytest.raises(MemoryBudgetError, match=r"memory_budget_bytes=0\.0 MiB \(10,485 bytes\) per rank x 2"):
         train(config)

@@ -2,13 +2,22 @@
 
 import pytest
 import torch
+from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_fusion.data.batch import MultiTaskBatch
-from torchrec_fusion.losses import task_losses
-from torchrec_fusion.modules import MMoEArch, MultiTaskModel, MultiTaskTrain, SharedBottomArch
+from torchrec_fusion.losses import LossBalancer, task_losses
+from torchrec_fusion.modules import (
+    MMoEArch,
+    MultiTaskArch,
+    MultiTaskModel,
+    MultiTaskModule,
+    MultiTaskTrain,
+    SharedBottomArch,
+)
+from torchrec_fusion.modules.ensemble import DLRMMember, ModelEnsemble
 from torchrec_fusion.tasks import TaskSpec
 
 TASKS = [TaskSpec("click", "binary"), TaskSpec("rating", "regression"), TaskSpec("genre", "multiclass", num_classes=3)]
@@ -26,7 +35,8 @@ def _batch(b: int = 6) -> MultiTaskBatch:
     tag_lens = torch.tensor([0, 1, 2, 3, 1, 0][:b])
     kjt = KeyedJaggedTensor.from_lengths_sync(
         keys=["user", "tags"],
-        values=torch.cat([torch.randint(0, 20, (b,), generator=g), torch.randint(0, 30, (int(tag_lens.sum()),), generator=g)]),
+        values=torch.cat([torch.randint(0, 20, (b,), generator=g),
+                          torch.randint(0, 30, (int(tag_lens.sum()),), generator=g)]),
         lengths=torch.cat([torch.ones(b, dtype=torch.long), tag_lens]),
     )
     labels = torch.stack([torch.randint(0, 2, (b,), generator=g).float(), torch.rand(b, generator=g) * 5,
@@ -133,3 +143,24 @@ def test_embedding_l2_penalty_is_added_in_training_only() -> None:
     reg.eval(), plain.eval()
     with torch.no_grad():
         torch.testing.assert_close(MultiTaskTrain(reg)(b)[0], MultiTaskTrain(plain)(b)[0])
+
+
+def test_the_model_families_declare_their_abstract_methods() -> None:
+    assert MultiTaskModule.__abstractmethods__ == {"feature_dim", "forward_with_features", "label_columns",
+                                                   "regularization", "gate_weights", "shared_parameters"}
+    assert MultiTaskArch.__abstractmethods__ == {"forward"}
+    assert LossBalancer.__abstractmethods__ == {"forward", "task_weights"}
+    for cls in (MultiTaskModel, ModelEnsemble, DLRMMember):
+        assert issubclass(cls, MultiTaskModule) and not cls.__abstractmethods__
+
+
+def test_a_dlrm_member_trains_alone_in_multitask_train() -> None:
+    torch.manual_seed(0)
+    member = DLRMMember(DLRM(_ebc(), 3, [8], [8, 1]), TASKS[0])
+    assert member.label_columns() is None and member.feature_dim == 0
+    b = _batch()
+    one = MultiTaskBatch(b.dense_features, b.sparse_features, b.labels[:, :1], b.masks[:, :1], ("click",))
+    loss, (_, preds, _) = MultiTaskTrain(member)(one)
+    loss.backward()
+    assert torch.isfinite(loss) and preds["click"].shape == (6,)
+    assert all(p.grad is not None for p in member.dlrm.over_arch.parameters())

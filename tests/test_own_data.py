@@ -61,7 +61,7 @@ def test_parquet_three_tasks_config_file_evaluate_and_recommend(tmp_path, capsys
     # the flag overrides the file
     assert main(["train", "--config", str(cfg), "--epochs", "3", "--output-dir", str(out), "--no-progress"]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["epochs"] == 3 and saved["table"]["tasks"][2]["name"] == "purchase" and saved["world_size"] == 2
+    assert saved["epochs"] == 3 and saved["data"]["table"]["tasks"][2]["name"] == "purchase" and saved["world_size"] == 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and set(metrics["tasks"]) == {"click", "watch", "purchase"}
     assert metrics["tasks"]["click"]["auc"] > 0.7  # the latent affinity is learnt, not guessed
@@ -106,7 +106,7 @@ def test_streamed_parquet_trains_over_two_processes(tmp_path) -> None:
              "sparse": {"user_id": {}, "item_id": {}, "genres": {"multi_valued": True}}, "dense": ["hour"],
              "tasks": [{"name": "click"}, {"name": "watch", "column": "watch_seconds", "kind": "regression"},
                        {"name": "purchase"}]}
-    r = train(TrainConfig(dataset="table", table=table, world_size=2, epochs=2, batch_size=128, interaction=True,
+    r = train(TrainConfig.make(dataset="table", table=table, world_size=2, epochs=2, batch_size=128, interaction=True,
                           history_length=0, progress=False, verbose=False, report=False))
     assert r["data"]["stream"] and r["steps"] == 2 * (r["data"]["train_rows"] // 256)
     assert r["tasks"]["click"]["auc"] > 0.75

@@ -141,9 +141,9 @@ def test_report_of_a_real_training_run(tmp_path: Path) -> None:
     from torchrec_fusion.training.config import TrainConfig
     from torchrec_fusion.training.trainer import train
 
-    r = train(TrainConfig(dataset="synthetic", synthetic_rows=4000, epochs=2, batch_size=256, world_size=1,
-                          progress=False, verbose=False))
-    md = check_report(Path(write_report(r, str(tmp_path))).parent)
+    r = train(TrainConfig.make(dataset="synthetic", synthetic_rows=4000, epochs=2, batch_size=256, world_size=1,
+                               progress=False, verbose=False))
+    md = check_report(Path(write_report(r.to_dict(), str(tmp_path))).parent)
     assert md.startswith("# Run report: mmoe, balancing fixed, fusion none")
     for present in ("## Final metrics", "## Sharding plan", "gates.png", "task_weights.png", "metrics.png"):
         assert present in md, present

@@ -4,33 +4,36 @@ import pytest
 import torch
 
 from torchrec_fusion.training.config import TrainConfig
+from torchrec_fusion.training.state import RunResult
 from torchrec_fusion.training.trainer import train
 
 # ctr and watch_time are present on every row, so a rank's mean loss over its half of the global
 # batch, averaged over ranks, is the global mean; cvr (masked by clicks) would break that identity.
-BASE = dict(dataset="synthetic", synthetic_rows=2560, synthetic_scale=0.05, tasks=["ctr", "watch_time"],
-            embedding_dim=16, epochs=1, eval_batch_size=256, progress=False, verbose=False,
-            keep_predictions=True, seed=3, dropout=0.0, expert_layer_sizes=[32, 16], tower_layer_sizes=[8], num_experts=3)
+BASE = {"dataset": "synthetic", "synthetic_rows": 2560, "synthetic_scale": 0.05, "tasks": ["ctr", "watch_time"],
+        "embedding_dim": 16, "epochs": 1, "eval_batch_size": 256, "progress": False, "verbose": False,
+        "keep_predictions": True, "seed": 3, "dropout": 0.0, "expert_layer_sizes": [32, 16],
+        "tower_layer_sizes": [8], "num_experts": 3}
 
 
-def _run(world_size: int, per_rank_batch: int, **kw) -> dict:
-    return train(TrainConfig(**{**BASE, **kw}, world_size=world_size, batch_size=per_rank_batch))
+def _run(world_size: int, per_rank_batch: int, **kw) -> RunResult:
+    return train(TrainConfig.make(**{**BASE, **kw}, world_size=world_size, batch_size=per_rank_batch))
 
 
 @pytest.fixture(scope="module")
-def reference() -> dict:
+def reference() -> RunResult:
     # one process, global batch 128, every table whole on rank 0
     return _run(1, 128, sharding_type="table_wise", embedding_optimizer="adagrad")
 
 
-def _assert_same(a: dict, b: dict) -> None:
-    assert len(a["step_losses"]) == len(b["step_losses"]) == 16
-    torch.testing.assert_close(torch.tensor(a["step_losses"]), torch.tensor(b["step_losses"]), rtol=1e-5, atol=1e-6)
+def _assert_same(a: RunResult, b: RunResult) -> None:
+    assert len(a.step_losses) == len(b.step_losses) == 16
+    torch.testing.assert_close(torch.tensor(a.step_losses), torch.tensor(b.step_losses), rtol=1e-5, atol=1e-6)
+    assert a.predictions is not None and b.predictions is not None and a.labels is not None and b.labels is not None
     for task in ("ctr", "watch_time"):
-        torch.testing.assert_close(a["predictions"][task], b["predictions"][task], rtol=1e-4, atol=1e-5)
-        assert torch.equal(a["labels"][task], b["labels"][task])
+        torch.testing.assert_close(a.predictions[task], b.predictions[task], rtol=1e-4, atol=1e-5)
+        assert torch.equal(a.labels[task], b.labels[task])
     # and the model did learn something, so agreement is not trivial
-    assert a["step_losses"][-1] < a["step_losses"][0]
+    assert a.step_losses[-1] < a.step_losses[0]
 
 
 # t_user_history and t_item_audience are MEAN-pooled (the others SUM), so every type is checked
@@ -58,15 +61,15 @@ def _split_columns(sharding: str) -> dict:
         ("data_parallel", None, "1 shard(s) on ranks [0, 1]"),
     ],
 )
-def test_two_ranks_match_one_process(reference: dict, sharding: str, constraints, shards) -> None:
+def test_two_ranks_match_one_process(reference: RunResult, sharding: str, constraints, shards) -> None:
     sharded = _run(2, 64, sharding_type=sharding, constraints=constraints, embedding_optimizer="adagrad")
     if shards:
-        assert sharded["plan"].count(shards) == len(TABLES), sharded["plan"]
-    assert sharded["plan"].count(f": {sharding} /") == len(TABLES), sharded["plan"]
+        assert sharded.plan.count(shards) == len(TABLES), sharded.plan
+    assert sharded.plan.count(f": {sharding} /") == len(TABLES), sharded.plan
     _assert_same(reference, sharded)
 
 
-def test_per_table_constraints_mixing_the_types_match(reference: dict) -> None:
+def test_per_table_constraints_mixing_the_types_match(reference: RunResult) -> None:
     """One plan mixing the types, MEAN-pooled tables row-split next to tables that are not:
     TorchRec 1.8.0 divided the other tables' pooled outputs by their bag sizes once a MEAN
     row-split table was present, and left MEAN grid-sharded tables summed."""
@@ -80,7 +83,7 @@ def test_per_table_constraints_mixing_the_types_match(reference: dict) -> None:
     }
     sharded = _run(2, 64, constraints=constraints, embedding_optimizer="adagrad")
     for table, c in constraints.items():
-        assert f".{table}: {c['sharding_types'][0]} /" in sharded["plan"], sharded["plan"]
+        assert f".{table}: {c['sharding_types'][0]} /" in sharded.plan, sharded.plan
     _assert_same(reference, sharded)
 
 

@@ -17,7 +17,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec_fusion.data.batch import MultiTaskBatch
 from torchrec_fusion.data.criteo import load_criteo, read_criteo
 from torchrec_fusion.data.dataset import MultiTaskData
+from torchrec_fusion.data.registry import load_dataset
 from torchrec_fusion.data.tabular import TableSpec, TableStream, fnv1a_64, load_tabular
+from torchrec_fusion.data.types import BatchSource
 
 CRITEO = SHARED_DATA / "criteo-tsv-sample"
 
@@ -84,7 +86,8 @@ def _same(a: MultiTaskData, b: MultiTaskData) -> None:
 def test_parquet_exact_contents(files: Dict[str, Path]) -> None:
     d = load_tabular(_spec(files["parquet"], files["parquet_test"]))
     tr = d.train
-    assert d.info == {"dataset": "table", "format": "parquet", "files": [str(files["parquet"]), str(files["parquet_test"])],
+    assert d.info == {"dataset": "table", "format": "parquet",
+                      "files": [str(files["parquet"]), str(files["parquet_test"])],
                       "rows": 12, "train_rows": 10, "test_rows": 2, "stream": False}
     assert tr.feature_names == ["user", "tags", "city"] and tr.task_names == ["click", "rating", "purchase"]
     assert [t.loss_weight for t in tr.tasks] == [1.0, 0.5, 1.0] and tr.pooling["tags"] == "mean"
@@ -121,8 +124,9 @@ def test_hash_is_stable_and_policies(files: Dict[str, Path], tmp_path: Path) -> 
     assert d.test.sparse["city"].values[0] == d.train.sparse["city"].values[0]  # "paris" in both files
     # hash of integer ids: their decimal strings
     d = load_tabular(_spec(files["parquet"], sparse={"user": {"num_embeddings": 7, "out_of_range": "hash"}}))
+    hashed = torch.from_numpy((fnv1a_64([str(u) for u in USER]) % np.uint64(7)).astype(np.int64))
     assert torch.equal(torch.sort(torch.cat([d.train.sparse["user"].values, d.test.sparse["user"].values]))[0],
-                       torch.sort(torch.from_numpy((fnv1a_64([str(u) for u in USER]) % np.uint64(7)).astype(np.int64)))[0])
+                       torch.sort(hashed)[0])
     d = load_tabular(_spec(files["parquet"], files["parquet_test"],
                            sparse={"user": {"num_embeddings": 4, "out_of_range": "modulo"},
                                    "tags": {"multi_valued": True, "num_embeddings": 5, "out_of_range": "modulo"}}))
@@ -133,7 +137,8 @@ def test_hash_is_stable_and_policies(files: Dict[str, Path], tmp_path: Path) -> 
                                          r"\[0, num_embeddings=5\)"):
         load_tabular(_spec(files["parquet"], files["parquet_test"], sparse={"user": {"num_embeddings": 5}}))
     with pytest.raises(ValueError, match=r"sparse column 'tags': id 7 in .*train.csv row 3 is outside"):
-        load_tabular(_spec(files["csv"], files["csv_test"], sparse={"tags": {"multi_valued": True, "num_embeddings": 5}}))
+        load_tabular(_spec(files["csv"], files["csv_test"],
+                           sparse={"tags": {"multi_valued": True, "num_embeddings": 5}}))
     with pytest.raises(ValueError, match=r"sparse column 'tags': id 9 in .*test.parquet row 0 is outside"):
         load_tabular(_spec(files["parquet"], files["parquet_test"],
                            sparse={"tags": {"multi_valued": True, "num_embeddings": 8}}))
@@ -176,7 +181,8 @@ def test_split_and_dense_transform(files: Dict[str, Path]) -> None:
      r"sparse column 'age' in .*train.parquet has type double; ids must be integers >= 0"),
     ({"sparse": {"city": {}}}, ValueError, r"sparse column 'city' in .*train.parquet has type string; ids must be"),
     ({"sparse": {"tags": {}}}, ValueError, r"sparse column 'tags' in .* is a list column .*; set multi_valued: true"),
-    ({"sparse": {"user": {"multi_valued": True}}}, ValueError, r"sparse column 'user' .* has type int64; a multi_valued"),
+    ({"sparse": {"user": {"multi_valued": True}}}, ValueError,
+     r"sparse column 'user' .* has type int64; a multi_valued"),
     ({"tasks": [{"name": "rating"}]}, ValueError,
      r"label column 'rating' \(task 'rating'\) in .*train.parquet row 0 is 4.5; expected 0 or 1 or null"),
     ({"tasks": [{"name": "r", "column": "rating", "kind": "multiclass", "num_classes": 5}]}, ValueError,
@@ -252,7 +258,8 @@ def test_stream_matches_in_memory_and_pads(tmp_path: Path) -> None:
     s, mem = loaded.train, loaded.test  # the same file, streamed and in memory
     assert isinstance(s, TableStream) and len(s) == 23 and s.num_dense == 1
     assert s.num_embeddings == mem.num_embeddings == {"row": 23, "tags": 4}
-    assert s.feature_names == ["row", "tags"] and s.task_names == ["click"] and s.pooling == {"row": "sum", "tags": "sum"}
+    assert s.feature_names == ["row", "tags"] and s.task_names == ["click"]
+    assert s.pooling == {"row": "sum", "tags": "sum"}
     assert torch.allclose(s.label_means(), mem.label_means())
     for world in (1, 2, 3):
         seen: List[int] = []
@@ -273,6 +280,29 @@ def test_stream_matches_in_memory_and_pads(tmp_path: Path) -> None:
     assert last.sparse_features["row"].lengths().tolist() == [1, 1, 0]
     tail = list(s.batches(3, rank=1, world_size=2, drop_last=False, start=2))
     assert [_rows(b) for b in tail] == [_rows(b) for b in list(s.batches(3, rank=1, world_size=2, drop_last=False))[2:]]
+
+
+def test_stream_is_a_batch_source_not_in_memory(tmp_path: Path) -> None:
+    loaded = load_tabular(_stream_spec(_stream_file(tmp_path)))
+    s, mem = loaded.train, loaded.test
+    assert isinstance(s, BatchSource) and isinstance(mem, BatchSource)
+    assert not s.in_memory and s.in_memory_rows() is None and s.extras == {} and s.source == "table/train"
+    assert mem.in_memory and mem.in_memory_rows() is mem
+
+
+def test_table_dataset_builds_candidates_from_rows_in_memory(files: Dict[str, Path], tmp_path: Path) -> None:
+    d = load_dataset("table", {"table": _spec(files["parquet"], item_features=["tags"])}, seed=1)
+    assert d.candidates is not None and d.info["stream"] is False
+    rows = d.train.in_memory_rows()
+    assert rows is not None
+    user, item = rows.extras["user"][:2], rows.extras["item"][2:4]
+    cand = d.candidates(user, item)
+    assert torch.equal(cand.sparse["user"].values, user) and not cand.masks.any()
+    streamed = load_dataset("table", {"table": {**_stream_spec(_stream_file(tmp_path)), "user_column": "row",
+                                                 "item_column": "row"}})
+    assert streamed.candidates is None  # a stream has no rows to copy features from
+    with pytest.raises(ValueError, match="dataset 'table' needs a 'table' section"):
+        load_dataset("table")
 
 
 def test_stream_training_ranks(tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
 """Task specifications shared by data, models, losses and metrics."""
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import List, Sequence
 
 
-class TaskKind(str, Enum):
+class TaskKind(StrEnum):
     """How a task's head output is read: a logit, a value, or class logits."""
 
     BINARY = "binary"

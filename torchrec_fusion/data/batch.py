@@ -9,7 +9,7 @@ from torchrec.streamable import Pipelineable
 
 
 @dataclass
-class MultiTaskBatch(Pipelineable):
+class MultiTaskBatch(Pipelineable):  # type: ignore[misc]  # torchrec is untyped
     """A batch of dense features, sparse features and per-task supervision.
 
     Labels, masks and weights are stacked column-wise, one column per task, in

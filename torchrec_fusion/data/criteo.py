@@ -30,6 +30,7 @@ Example::
 """
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -44,12 +45,12 @@ from torchrec.datasets.criteo import (
 )
 
 from torchrec_fusion.data.dataset import MultiTaskData, SparseColumn
-from torchrec_fusion.data.sources import LoadedData
-from torchrec_fusion.tasks import TaskSpec
+from torchrec_fusion.data.types import LoadedData
+from torchrec_fusion.tasks import TaskKind, TaskSpec
 
-__all__ = ["load_criteo", "read_criteo", "criteo_files", "CRITEO_TASKS"]
+__all__ = ["CriteoReader", "load_criteo", "read_criteo", "criteo_files", "CRITEO_TASKS"]
 
-CRITEO_TASKS = (TaskSpec("click", "binary"),)
+CRITEO_TASKS = (TaskSpec("click", TaskKind.BINARY),)
 _FIELDS = 1 + INT_FEATURE_COUNT + CAT_FEATURE_COUNT
 NumEmbeddings = Union[int, Sequence[int], Mapping[str, int]]
 
@@ -184,3 +185,20 @@ def load_criteo(path_or_dir: Union[str, Path], num_embeddings: NumEmbeddings = 1
     train.source, test.source = "criteo/train", "criteo/test"
     info = {"dataset": "criteo", "files": files, "rows": len(data), "dense_names": list(DEFAULT_INT_NAMES)}
     return LoadedData(train, test, info)
+
+
+class CriteoReader:
+    """Dataset ``criteo``: :func:`load_criteo` of ``data_dir`` (a TSV file or a folder of them),
+    split by the run's seed."""
+
+    @dataclass(frozen=True)
+    class Options:
+        """``data_dir``: a Criteo TSV file or a folder of them (required)."""
+
+        data_dir: Optional[str] = None
+
+    @staticmethod
+    def load(options: "CriteoReader.Options", seed: int) -> LoadedData:
+        if not options.data_dir:
+            raise ValueError("--dataset criteo needs --data-dir, a Criteo TSV file or a folder of them")
+        return load_criteo(options.data_dir, seed=seed)

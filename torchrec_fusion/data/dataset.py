@@ -1,7 +1,7 @@
 """In-memory columnar multi-task data and its vectorised batch builder."""
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -97,6 +97,15 @@ class MultiTaskData:
     def task_names(self) -> List[str]:
         return [t.name for t in self.tasks]
 
+    @property
+    def in_memory(self) -> bool:
+        """True: these rows can be split, subset and cut to fewer tasks (a stream's cannot)."""
+        return True
+
+    def in_memory_rows(self) -> "MultiTaskData":
+        """These rows (a :class:`~torchrec_fusion.data.types.BatchSource` in memory)."""
+        return self
+
     def validate(self) -> None:
         """Raises ``ValueError`` naming the feature or task at fault for: ids out of
         ``[0, num_embeddings)``, non-finite dense values, NaN or out-of-range labels
@@ -117,10 +126,10 @@ class MultiTaskData:
             raise ValueError(f"{self.source}: dense features are NaN/inf in row {row}")
         for j, task in enumerate(self.tasks):
             y, m = self.labels[:, j], self.masks[:, j]
-            bad = m & ~torch.isfinite(y)
-            if bad.any():
+            nonfinite = m & ~torch.isfinite(y)
+            if nonfinite.any():
                 raise ValueError(
-                    f"{self.source}: task {task.name!r} has a NaN/inf label in row {int(bad.nonzero()[0])}"
+                    f"{self.source}: task {task.name!r} has a NaN/inf label in row {int(nonfinite.nonzero()[0])}"
                 )
             if task.kind == TaskKind.BINARY and (m & (y != 0) & (y != 1)).any():
                 raise ValueError(f"{self.source}: binary task {task.name!r} has labels other than 0/1")
@@ -167,10 +176,10 @@ class MultiTaskData:
             raise ValueError(f"batch of {n} rows cannot be padded to {pad_to}")
         keys, values, lengths = [], [], []
         for name, col in self.sparse.items():
-            v, l = col.take(idx)
+            v, lens = col.take(idx)
             keys.append(name)
             values.append(v)
-            lengths.append(l if pad == 0 else torch.cat([l, l.new_zeros(pad)]))
+            lengths.append(lens if pad == 0 else torch.cat([lens, lens.new_zeros(pad)]))
         dense, labels, masks = (t.index_select(0, idx) for t in (self.dense, self.labels, self.masks))
         weights = None if self.weights is None else self.weights.index_select(0, idx)
         if pad:
@@ -221,6 +230,15 @@ class MultiTaskData:
         masked-out rows (for evaluation, where every row must count once).
         ``start`` skips the first global batches (a resumed epoch).
         """
+        for _, idx in self.batch_indices(batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
+                                         world_size=world_size, drop_last=drop_last, start=start):
+            yield self.make_batch(idx, pad_to=batch_size)
+
+    def batch_indices(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, rank: int = 0,
+                      world_size: int = 1, drop_last: bool = True,
+                      start: int = 0) -> Iterator[Tuple[int, torch.Tensor]]:
+        """(global batch number, row indices) of each batch :meth:`batches` yields, cut the same way
+        (the last batch's indices may be fewer than ``batch_size``: :meth:`batches` pads it)."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         order = (
@@ -230,8 +248,7 @@ class MultiTaskData:
         )
         g = batch_size * world_size
         for i in range(start, self.num_batches(batch_size, world_size, drop_last)):
-            idx = order[i * g + rank * batch_size : min(i * g + (rank + 1) * batch_size, len(self))]
-            yield self.make_batch(idx, pad_to=batch_size)
+            yield i, order[i * g + rank * batch_size : min(i * g + (rank + 1) * batch_size, len(self))]
 
 
 def random_split_rows(n: int, fraction: float, seed: int) -> "tuple[torch.Tensor, torch.Tensor]":

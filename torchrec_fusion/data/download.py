@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 __all__ = ["ARCHIVES", "DEFAULT_BASE_URL", "Archive", "DownloadError", "download", "is_complete",
-           "safe_extract", "verify_md5", "add_data_command", "data_command"]
+           "safe_extract", "verify_md5", "data_command"]
 
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 HOMEPAGE = "https://grouplens.org/datasets/movielens/"
@@ -80,7 +80,7 @@ ARCHIVES: Dict[str, Archive] = {
                              ("ratings.csv", "movies.csv")),
 }
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 class DownloadError(Exception):
@@ -232,19 +232,7 @@ def download(name: str, to: PathLike, base_url: str = DEFAULT_BASE_URL, timeout:
             if got != expected.lower():
                 raise DownloadError(f"checksum mismatch for {archive.filename}: expected {algo} {expected}, "
                                     f"got {got}; the download was corrupted or the file changed upstream")
-        old = None
-        if target.exists():  # force: move the old folder aside, drop it once the new one is in place
-            old = Path(tempfile.mkdtemp(prefix=f".{archive.folder}.old.", dir=to))
-            os.rename(target, old / archive.folder)
-        try:
-            safe_extract(part, to, archive.folder)
-        except BaseException:
-            if old is not None:
-                os.rename(old / archive.folder, target)
-            raise
-        finally:
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+        _replace_folder(part, to, archive.folder)
         if keep_archive:
             os.replace(part, to / archive.filename)
     finally:
@@ -254,21 +242,22 @@ def download(name: str, to: PathLike, base_url: str = DEFAULT_BASE_URL, timeout:
     return target
 
 
-def add_data_command(sub: "argparse._SubParsersAction") -> None:
-    """Adds ``data download`` and ``data list`` to the CLI's subcommands ``sub``."""
-    data = sub.add_parser("data", help="download the official MovieLens archives")
-    actions = data.add_subparsers(dest="data_command", required=True)
-    dl = actions.add_parser("download", help="download, verify (md5, sha256) and unpack one MovieLens archive",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    dl.add_argument("dataset", choices=sorted(ARCHIVES))
-    dl.add_argument("--to", default="data", help="parent folder; the files land in TO/ml-100k, TO/ml-1m, ...")
-    dl.add_argument("--base-url", default=DEFAULT_BASE_URL, help="where the archives are (GroupLens or a mirror)")
-    dl.add_argument("--timeout", type=float, default=60.0, help="seconds to wait on the connection and each read")
-    dl.add_argument("--md5", help="expected md5 instead of the official one, for a mirror's own archive "
-                                  "(skips the sha256 check)")
-    dl.add_argument("--keep-archive", action="store_true", help="keep the .zip after unpacking")
-    dl.add_argument("--force", action="store_true", help="download again and replace a complete folder")
-    actions.add_parser("list", help="the known archives, their sizes and checksums")
+def _replace_folder(zip_path: Path, to: Path, folder: str) -> None:
+    """Unpacks ``zip_path`` into ``to/folder``; an existing folder is moved aside first and
+    dropped once the new one is in place, or put back when unpacking fails."""
+    target, old = to / folder, None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder}.old.", dir=to))
+        os.rename(target, old / folder)
+    try:
+        safe_extract(zip_path, to, folder)
+    except BaseException:
+        if old is not None:
+            os.rename(old / folder, target)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def data_command(args: argparse.Namespace) -> int:

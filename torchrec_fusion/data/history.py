@@ -5,6 +5,7 @@ from typing import Tuple
 import torch
 
 from torchrec_fusion.data.dataset import MultiTaskData, SparseColumn
+from torchrec_fusion.data.types import BatchSource
 
 
 def _grouped_bags(keys: torch.Tensor, vals: torch.Tensor, num_keys: int, max_len: int,
@@ -37,12 +38,13 @@ class InteractionHistory:
     to any rows (training, test, or candidate pairs) with :meth:`add_to`.
 
     Args:
-        train: the training rows (``user`` and ``item`` extras).
+        train: the training rows (``user`` and ``item`` extras; a stream holds none in memory
+            and is refused).
         max_len: at most this many ids per bag (a seeded random choice).
         seed: seed of that choice.
     """
 
-    def __init__(self, train: MultiTaskData, max_len: int = 64, seed: int = 0, user: str = "user",
+    def __init__(self, train: BatchSource, max_len: int = 64, seed: int = 0, user: str = "user",
                  item: str = "item") -> None:
         missing = [k for k in (user, item) if k not in train.extras]
         if missing:

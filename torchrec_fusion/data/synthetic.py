@@ -25,16 +25,18 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from torchrec_fusion.data.candidates import candidate_builder
 from torchrec_fusion.data.dataset import MultiTaskData, SparseColumn
-from torchrec_fusion.tasks import TaskSpec
+from torchrec_fusion.data.types import LoadedData
+from torchrec_fusion.tasks import TaskKind, TaskSpec
 
-__all__ = ["SyntheticConfig", "make_synthetic", "SYNTHETIC_TASKS", "zipf_ids"]
+__all__ = ["SyntheticConfig", "SyntheticReader", "make_synthetic", "SYNTHETIC_TASKS", "zipf_ids"]
 
 SYNTHETIC_TASKS: Tuple[TaskSpec, ...] = (
-    TaskSpec("ctr", "binary"),
-    TaskSpec("cvr", "binary"),
-    TaskSpec("watch_time", "regression"),
-    TaskSpec("ctcvr", "binary"),
+    TaskSpec("ctr", TaskKind.BINARY),
+    TaskSpec("cvr", TaskKind.BINARY),
+    TaskSpec("watch_time", TaskKind.REGRESSION),
+    TaskSpec("ctcvr", TaskKind.BINARY),
 )
 
 
@@ -87,12 +89,41 @@ class SyntheticConfig:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
+class SyntheticReader:
+    """Dataset ``synthetic``: :func:`make_synthetic` with ``synthetic_rows`` rows and every table
+    (the tag vocabulary too) ``synthetic_scale`` times its default size, seeded by the run's seed;
+    candidate rows take the item's ``item``, ``category`` and ``tags``.
+
+    Example::
+
+        d = SyntheticReader.load(SyntheticReader.Options(synthetic_rows=1000, synthetic_scale=0.1), seed=0)
+        assert d.train.num_embeddings["user"] == 1000 and len(d.train) + len(d.test) == 1000
+    """
+
+    @dataclass(frozen=True)
+    class Options:
+        """``synthetic_rows``: rows before the split; ``synthetic_scale``: multiplies the table sizes."""
+
+        synthetic_rows: int = 200_000
+        synthetic_scale: float = 1.0
+
+    @staticmethod
+    def load(options: "SyntheticReader.Options", seed: int) -> LoadedData:
+        base, scale = SyntheticConfig(), options.synthetic_scale
+        sizes = {k: max(1, int(v * scale)) for k, v in base.table_sizes.items()}
+        cfg = SyntheticConfig(num_rows=options.synthetic_rows, table_sizes=sizes,
+                              num_tags=max(1, int(base.num_tags * scale)), seed=seed)
+        train, test = make_synthetic(cfg)
+        return LoadedData(train, test, {"dataset": "synthetic", "rows": options.synthetic_rows},
+                          candidates=candidate_builder(train, ["item", "category", "tags"]))
+
+
 def zipf_ids(rng: np.random.Generator, n: int, size: int, a: float) -> np.ndarray:
     """Draws ``n`` ids in ``[0, size)`` with ``P(rank r) ~ r^-a`` (truncated Zipf),
     the ranks mapped to ids by a seeded permutation so popular ids are scattered."""
     cdf = np.cumsum(np.arange(1, size + 1, dtype=np.float64) ** -a)
     ranks = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right").clip(max=size - 1)
-    return rng.permutation(size)[ranks].astype(np.int64)
+    return np.asarray(rng.permutation(size)[ranks], dtype=np.int64)
 
 
 def make_synthetic(config: Optional[SyntheticConfig] = None) -> Tuple[MultiTaskData, MultiTaskData]:
@@ -109,40 +140,16 @@ def make_synthetic(config: Optional[SyntheticConfig] = None) -> Tuple[MultiTaskD
     """
     cfg = config or SyntheticConfig()
     rng = np.random.default_rng(cfg.seed)
-    n, d = cfg.num_rows, cfg.latent_dim
-
+    n = cfg.num_rows
     ids = {name: zipf_ids(rng, n, size, cfg.zipf_a) for name, size in cfg.table_sizes.items()}
     tag_lengths = rng.integers(0, cfg.max_tags + 1, n)
     tag_values = zipf_ids(rng, int(tag_lengths.sum()), cfg.num_tags, cfg.zipf_a)
-    tag_rows = np.repeat(np.arange(n), tag_lengths)
     dense = rng.standard_normal((n, cfg.num_dense)).astype(np.float32)
-
-    # planted structure: latent vectors with unit-variance dot products, per-id biases
-    scale = d**-0.25
-    user_vec = rng.standard_normal((cfg.table_sizes["user"], d)) * scale
-    item_vec = rng.standard_normal((cfg.table_sizes["item"], d)) * scale
-    bias_std = {"user": 0.5, "item": 0.7}
-    z = np.einsum("nd,nd->n", user_vec[ids["user"]], item_vec[ids["item"]])
-    for name, size in cfg.table_sizes.items():
-        z += (rng.standard_normal(size) * bias_std.get(name, 0.5))[ids[name]]
-    tag_bias = rng.standard_normal(cfg.num_tags) * 0.7
-    z += np.bincount(tag_rows, tag_bias[tag_values], n) / np.maximum(tag_lengths, 1)
-    if cfg.num_dense:
-        w = rng.standard_normal(cfg.num_dense)
-        z += dense.astype(np.float64) @ (0.8 * w / np.linalg.norm(w))
-    z = (z - z.mean()) / z.std()
-
-    quality = rng.standard_normal(cfg.table_sizes["item"])[ids["item"]]
-    length = rng.standard_normal(cfg.table_sizes["item"])[ids["item"]]
-    eps = rng.standard_normal((3, n)) * cfg.noise
-    click = rng.random(n) < _sigmoid(2.0 * z - 1.0 + eps[0])
-    convert = click & (rng.random(n) < _sigmoid(z + 1.5 * quality - 0.5 + eps[1]))
-    watch = np.logaddexp(0.0, z + 0.7 * length + 0.5 + eps[2])
+    z = _affinity(cfg, rng, ids, tag_lengths, tag_values, dense)
+    labels, masks = _labels(cfg, rng, z, ids["item"])
 
     # rows are i.i.d., so a contiguous cut is a random split (and avoids a gather)
     offsets = np.concatenate([[0], np.cumsum(tag_lengths)])
-    labels = np.stack([click, convert, watch, convert], 1).astype(np.float32)
-    masks = np.stack([np.ones(n, dtype=bool), click, np.ones(n, dtype=bool), np.ones(n, dtype=bool)], 1)
     num_embeddings = {**cfg.table_sizes, "tags": cfg.num_tags}
 
     def rows(lo: int, hi: int, source: str) -> MultiTaskData:
@@ -165,5 +172,42 @@ def make_synthetic(config: Optional[SyntheticConfig] = None) -> Tuple[MultiTaskD
     return rows(0, cut, "synthetic/train"), rows(cut, n, "synthetic/test")
 
 
+def _affinity(cfg: SyntheticConfig, rng: np.random.Generator, ids: Dict[str, np.ndarray], tag_lengths: np.ndarray,
+              tag_values: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """The planted, standardised affinity ``z`` of each row: a user-item dot product of latent
+    vectors with unit-variance products, per-id biases, the tag bag's mean bias and a linear
+    term in the dense features."""
+    n, d = cfg.num_rows, cfg.latent_dim
+    scale = d**-0.25
+    user_vec = rng.standard_normal((cfg.table_sizes["user"], d)) * scale
+    item_vec = rng.standard_normal((cfg.table_sizes["item"], d)) * scale
+    bias_std = {"user": 0.5, "item": 0.7}
+    z = np.einsum("nd,nd->n", user_vec[ids["user"]], item_vec[ids["item"]])
+    for name, size in cfg.table_sizes.items():
+        z += (rng.standard_normal(size) * bias_std.get(name, 0.5))[ids[name]]
+    tag_bias = rng.standard_normal(cfg.num_tags) * 0.7
+    tag_rows = np.repeat(np.arange(n), tag_lengths)
+    z += np.bincount(tag_rows, tag_bias[tag_values], n) / np.maximum(tag_lengths, 1)
+    if cfg.num_dense:
+        w = rng.standard_normal(cfg.num_dense)
+        z += dense.astype(np.float64) @ (0.8 * w / np.linalg.norm(w))
+    return np.asarray((z - z.mean()) / z.std())
+
+
+def _labels(cfg: SyntheticConfig, rng: np.random.Generator, z: np.ndarray,
+            item: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``[N, 4]`` labels and masks of ``ctr``, ``cvr`` (clicked rows only), ``watch_time`` and ``ctcvr``."""
+    n = cfg.num_rows
+    quality = rng.standard_normal(cfg.table_sizes["item"])[item]
+    length = rng.standard_normal(cfg.table_sizes["item"])[item]
+    eps = rng.standard_normal((3, n)) * cfg.noise
+    click = rng.random(n) < _sigmoid(2.0 * z - 1.0 + eps[0])
+    convert = click & (rng.random(n) < _sigmoid(z + 1.5 * quality - 0.5 + eps[1]))
+    watch = np.logaddexp(0.0, z + 0.7 * length + 0.5 + eps[2])
+    labels = np.stack([click, convert, watch, convert], 1).astype(np.float32)
+    every = np.ones(n, dtype=bool)
+    return labels, np.stack([every, click, every, every], 1)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * x)))

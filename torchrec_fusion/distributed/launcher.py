@@ -1,5 +1,6 @@
 """Process groups and a local launcher: the same entry point under torchrun or ``--world-size N``."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -7,13 +8,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple, cast
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, start_processes
 
 _STORE_FILE_ENV = "TORCHREC_FUSION_STORE_FILE"
+# torch's spawn helper has no annotations
+_start_processes = cast(Callable[..., Any], start_processes)
 
 
 @dataclass
@@ -71,10 +74,11 @@ def init_distributed(device: Optional[str] = None) -> DistContext:
             # torchrun restarted the workers: their new process group must not read the addresses the
             # previous workers left in the agent's store, so every attempt gets its own key prefix
             agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-            tcp = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                                is_master=not agent and rank == 0, timeout=timedelta(minutes=10))
-            dist.init_process_group(backend=backend, rank=rank, world_size=world,
-                                    store=dist.PrefixStore(f"torchrec_fusion/attempt_{restart}", tcp))
+            # (TCPStore and PrefixStore are exported at runtime, not in torch's stubs)
+            tcp = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),  # type: ignore[attr-defined]
+                                world, is_master=not agent and rank == 0, timeout=timedelta(minutes=10))
+            prefixed = dist.PrefixStore(f"torchrec_fusion/attempt_{restart}", tcp)  # type: ignore[attr-defined]
+            dist.init_process_group(backend=backend, rank=rank, world_size=world, store=prefixed)
         else:
             # the local launcher meets through a file, so no rendezvous port can be taken by another job
             init = f"file://{store}" if store else None
@@ -85,10 +89,10 @@ def init_distributed(device: Optional[str] = None) -> DistContext:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def _worker(local_rank: int, world_size: int, out_dir: str, fn: Callable[..., Any], args: tuple) -> None:
+def _worker(local_rank: int, world_size: int, out_dir: str, fn: Callable[..., Any], args: Tuple[Any, ...]) -> None:
     os.environ.update(
         RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
         LOCAL_WORLD_SIZE=str(world_size), **{_STORE_FILE_ENV: os.path.join(out_dir, "store")},
@@ -99,10 +103,8 @@ def _worker(local_rank: int, world_size: int, out_dir: str, fn: Callable[..., An
         torch.save(result, path + ".tmp")
         os.replace(path + ".tmp", path)  # published whole
     except BaseException as e:  # hand the original error to the parent, then fail so peers are stopped
-        try:
+        with contextlib.suppress(Exception):
             torch.save(e, os.path.join(out_dir, f"rank{local_rank}.err"))
-        except Exception:
-            pass
         if dist.is_initialized():
             dist.destroy_process_group()
         raise
@@ -148,9 +150,9 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any) -> List[Any]:
                     os.environ[k] = v
     with tempfile.TemporaryDirectory() as out_dir:
         try:
-            mp.start_processes(_worker, args=(world_size, out_dir, fn, args), nprocs=world_size,
-                               join=True, start_method="spawn")
-        except (mp.ProcessRaisedException, mp.ProcessExitedException):
+            _start_processes(_worker, args=(world_size, out_dir, fn, args), nprocs=world_size,
+                             join=True, start_method="spawn")
+        except (ProcessRaisedException, ProcessExitedException):
             for r in range(world_size):  # re-raise the first rank's own error, not the spawn wrapper
                 err = os.path.join(out_dir, f"rank{r}.err")
                 if os.path.exists(err):

@@ -2,20 +2,21 @@
 
 For every user with a relevant held-out item, every item is a candidate except
 the user's training items; each score (a task's prediction, the learnt fused
-score, or a rank aggregation of the task scores) ranks them, and the held-out
-relevant items are the positives. Both protocols of
+score, or a rank aggregation of the task scores, which the caller computes with
+:func:`torchrec_fusion.fusion.rank_aggregation.aggregate_lists`, or a baseline of
+:mod:`torchrec_fusion.evaluation.baselines`: popularity, EASE) ranks them, and
+the held-out relevant items are the positives. Both protocols of
 :mod:`torchrec_fusion.evaluation.ranking` are reported: full ranking, and the
 sampled one (one held-out positive against sampled unseen negatives).
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Sequence, Tuple
+from typing import Callable, Collection, Dict, Iterator, Mapping, Sequence, Tuple
 
 import torch
 
 from torchrec_fusion.data.dataset import MultiTaskData
 from torchrec_fusion.evaluation.ranking import ranking_metrics, sampled_ranking_metrics
-from torchrec_fusion.fusion.rank_aggregation import fuse
 
 
 @dataclass
@@ -39,6 +40,19 @@ class CatalogueTask:
         return self.positives.size(1)
 
 
+def relevant_rows(data: MultiTaskData, relevance: str = "like") -> torch.Tensor:
+    """``[rows]`` bool: the rows whose ``relevance`` label is present and 1.
+
+    Example::
+
+        from torchrec_fusion.data.synthetic import SyntheticConfig, make_synthetic
+        tr, _ = make_synthetic(SyntheticConfig(num_rows=500))
+        assert relevant_rows(tr, "ctr").sum() == (tr.labels[:, tr.task_names.index("ctr")] == 1).sum()
+    """
+    j = data.task_names.index(relevance)
+    return data.masks[:, j] & (data.labels[:, j] == 1)
+
+
 def catalogue_task(train: MultiTaskData, test: MultiTaskData, num_items: int, relevance: str = "like",
                    seed: int = 0, user: str = "user", item: str = "item") -> CatalogueTask:
     """The ranking task of ``test``: a row is relevant where its ``relevance`` label is 1.
@@ -50,8 +64,7 @@ def catalogue_task(train: MultiTaskData, test: MultiTaskData, num_items: int, re
         t = catalogue_task(tr, te, num_items=te.num_embeddings["item"], relevance="ctr")
         assert t.positives.shape == t.seen.shape and bool(t.positives[torch.arange(len(t.users)), t.heldout].all())
     """
-    j = test.task_names.index(relevance)
-    rel = test.masks[:, j] & (test.labels[:, j] == 1)
+    rel = relevant_rows(test, relevance)
     users = torch.unique(test.extras[user][rel].long())
     row_of = torch.full((int(max(train.extras[user].max(), test.extras[user].max())) + 1,), -1, dtype=torch.long)
     row_of[users] = torch.arange(len(users))
@@ -78,23 +91,23 @@ def candidate_chunks(task: CatalogueTask, make_rows: Callable[[torch.Tensor, tor
         yield slice(start, start + len(u)), make_rows(u.repeat_interleave(task.num_items), items.repeat(len(u)))
 
 
-def catalogue_report(scores: Dict[str, torch.Tensor], task: CatalogueTask, ks: Sequence[int] = (10,),
-                     num_negatives: int = 100, fusions: Sequence[str] = ("rrf", "borda", "combsum"),
-                     fuse_over: Sequence[str] = (), seed: int = 0) -> Dict[str, Dict[str, float]]:
-    """Full-ranking and sampled metrics of each ``[U, N]`` score, and of each rank aggregation in
-    ``fusions`` over the scores named in ``fuse_over`` (seen items are unlisted candidates;
-    ``combsum`` on per-user min-max normalised scores)."""
-    scored = dict(scores)
-    if len(fuse_over) >= 2:
-        lists = [scores[s].masked_fill(task.seen, float("nan")) for s in fuse_over]
-        for name in fusions:
-            scored[name] = fuse(name, lists, norm="minmax" if name.startswith("comb") else None)
+def catalogue_report(scores: Mapping[str, torch.Tensor], task: CatalogueTask, ks: Sequence[int] = (10,),
+                     num_negatives: int = 100, seed: int = 0,
+                     baselines: Collection[str] = ()) -> Dict[str, Dict[str, float]]:
+    """Full-ranking and sampled metrics of each ``[U, N]`` score (seen items are never candidates).
+
+    The rows of the scores named in ``baselines`` (e.g. those of
+    :func:`~torchrec_fusion.evaluation.baselines.baseline_scores`) carry ``"baseline": True``, a
+    flag and not a metric (reports that print float metrics leave it out).
+    """
     report: Dict[str, Dict[str, float]] = {}
-    for name, s in scored.items():
+    for name, s in scores.items():
         s = s.float()
         full = ranking_metrics(s, task.positives, ks, exclude=task.seen)
         sampled = sampled_ranking_metrics(s, task.heldout, num_negatives, ks, seen=task.seen | task.positives,
                                           seed=seed)
         report[name] = {**full.mean, **{f"sampled_{k}": v for k, v in sampled.mean.items()},
                         "users": full.num_users}
+        if name in baselines:
+            report[name]["baseline"] = True
     return report

@@ -34,7 +34,7 @@ class RankingMetrics(NamedTuple):
     num_skipped: int                   # users without any
 
 
-def as_mask(items: Items, shape: Tuple[int, int]) -> torch.Tensor:
+def as_mask(items: Items, shape: Sequence[int]) -> torch.Tensor:
     """Boolean ``[U, N]`` from a ``[U, N]`` 0-1 / boolean tensor or one index list per user.
 
     Example::

@@ -1,9 +1,10 @@
 """A run's report: PNG figures of its curves under ``OUT/report/`` and an ``OUT/report.md`` linking them."""
 
+import functools
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -65,6 +66,13 @@ def _panels(n: int, cols: int = 3) -> List[Axes]:
     return axes[:n]
 
 
+def _figure(ax: Axes) -> Figure:
+    """The figure an axes was drawn on."""
+    fig = ax.get_figure(root=True)
+    assert isinstance(fig, Figure)
+    return fig
+
+
 def _lines(ax: Axes, x: Sequence[float], series: Series, title: str, ylabel: str, xlabel: str = "epoch") -> None:
     for name, y in series.items():
         ax.plot(x, y, marker="o" if len(x) < 30 else None, label=name)
@@ -92,13 +100,13 @@ def _lines_figure(series: Series, x: List[float], title: str, ylabel: str) -> Op
         return None
     ax = _panels(1)[0]
     _lines(ax, x, series, title, ylabel)
-    return ax.figure
+    return _figure(ax)
 
 
 def _loss_figure(result: Mapping[str, Any], history: List[Dict[str, Any]], x: List[float]) -> Optional[Figure]:
     steps = [_num(v) for v in _list(result.get("step_losses"))]
-    per_task = {str(t): [_num(v) for v in _list(l)] for t, l in _dict(result.get("step_task_losses")).items()}
-    per_task = {t: l for t, l in per_task.items() if l}
+    per_task = {str(t): [_num(v) for v in _list(ls)] for t, ls in _dict(result.get("step_task_losses")).items()}
+    per_task = {t: ls for t, ls in per_task.items() if ls}
     marks = [e["step"] for e in history[:-1] if isinstance(e.get("step"), int)]  # evaluated after these steps
     if not marks and len(history) > 1 and len(steps) % len(history) == 0:  # older results: even epochs
         marks = [i * len(steps) // len(history) for i in range(1, len(history))]
@@ -113,7 +121,12 @@ def _loss_figure(result: Mapping[str, Any], history: List[Dict[str, Any]], x: Li
     axes = _panels(len(draw)) if draw else []
     for ax, d in zip(axes, draw):
         d(ax)
-    return axes[0].figure if axes else None
+    return _figure(axes[0]) if axes else None
+
+
+def _metric_of(scored: Callable[[Dict[str, Any]], Dict[str, Any]], kind: str, e: Dict[str, Any]) -> Dict[str, Any]:
+    """Metric ``kind`` of every task scored in history entry ``e``."""
+    return {t: m[kind] for t, m in scored(e).items() if kind in _metrics(m)}
 
 
 def _metrics_figure(history: List[Dict[str, Any]], x: List[float]) -> Optional[Figure]:
@@ -125,9 +138,9 @@ def _metrics_figure(history: List[Dict[str, Any]], x: List[float]) -> Optional[F
         return None
     axes = _panels(len(kinds))
     for ax, k in zip(axes, kinds):
-        series = _by_epoch(history, lambda e: {t: m[k] for t, m in scored(e).items() if k in _metrics(m)})
+        series = _by_epoch(history, functools.partial(_metric_of, scored, k))
         _lines(ax, x, series, k, k)
-    return axes[0].figure
+    return _figure(axes[0])
 
 
 def _gates_figure(history: List[Dict[str, Any]], x: List[float]) -> Optional[Figure]:
@@ -164,7 +177,8 @@ def _gates_figure(history: List[Dict[str, Any]], x: List[float]) -> Optional[Fig
         hit = [(xe, max(w)) for xe, w, e in zip(x, per_epoch, history)
                if w and _dict(_dict(e.get("gates")).get(t)).get("collapsed") is True]
         if hit:
-            ax.scatter(*zip(*hit), s=150, facecolors="none", edgecolors="red", zorder=3, label="collapsed")
+            xs, ys = zip(*hit)
+            ax.scatter(xs, ys, s=150, facecolors="none", edgecolors="red", zorder=3, label="collapsed")
             ax.legend(fontsize="small")
         ax.set_ylim(0, 1)
     return fig
@@ -182,32 +196,8 @@ def _table(rows: Mapping[str, Any]) -> List[str]:
     return out + [""]
 
 
-def write_report(result: Mapping[str, Any], output_dir: str) -> str:
-    """Writes the figures of a training run to ``output_dir/report/`` and ``output_dir/report.md``.
-
-    Sections and figures whose data the run lacks are left out; a figure that fails to draw
-    is logged and left out, so odd results (NaNs, one epoch, missing keys) still give a report.
-
-    Args:
-        result: the dict that ``torchrec_fusion.training.trainer.run`` returns (``metrics.json``).
-        output_dir: the run's output folder; created if missing.
-
-    Returns:
-        The path of ``report.md``.
-
-    Example::
-
-        import tempfile
-        with tempfile.TemporaryDirectory() as out:
-            epoch = {"epoch": 1, "train_loss": 0.6, "tasks": {"click": {"auc": 0.7, "logloss": 0.6}}}
-            r = {"step_losses": [0.7, 0.6, 0.5], "history": [epoch], "tasks": epoch["tasks"]}
-            assert os.path.exists(write_report(r, out))
-    """
-    result = _dict(result)
-    history = [e for e in _list(result.get("history")) if isinstance(e, dict)]
-    x = [v if math.isfinite(v := _num(e.get("epoch"))) else i + 1.0 for i, e in enumerate(history)]
-    cfg, fig_dir = _dict(result.get("config")), os.path.join(output_dir, "report")
-    os.makedirs(fig_dir, exist_ok=True)
+def _summary(result: Mapping[str, Any], x: List[float], cfg: Mapping[str, Any]) -> List[str]:
+    """The report's text: title, facts, final metrics, plan and ranking tables."""
     arch = "ensemble " + "+".join(map(str, cfg["ensemble"])) if cfg.get("ensemble") else cfg.get("arch", "?")
     md = [f"# Run report: {arch}, balancing {cfg.get('balancing', '?')}, fusion {cfg.get('fusion', '?')}", ""]
     data, sps = _dict(result.get("data")), result.get("samples_per_second")
@@ -226,9 +216,18 @@ def write_report(result: Mapping[str, Any], output_dir: str) -> str:
         md += ["## Sharding plan", "", "```", result["plan"].rstrip(), "```", ""]
     if table := _table(_dict(result.get("ranking"))):
         md += ["## Ranking (full catalogue)", ""] + table
+    return md
+
+
+Draw = Callable[[], Optional[Figure]]
+
+
+def _figures(result: Mapping[str, Any], history: List[Dict[str, Any]], x: List[float],
+             cfg: Mapping[str, Any]) -> List[Tuple[str, Draw, str]]:
+    """Each figure's file name, how to draw it, and its caption."""
     gates = {t: g for t, g in _dict(result.get("gates")).items() if _dict(g).get("collapsed") is True}
-    method = fused.get("method", cfg.get("fusion", "?"))
-    figures = [
+    method = _dict(result.get("fused")).get("method", cfg.get("fusion", "?"))
+    return [
         ("loss.png", lambda: _loss_figure(result, history, x),
          "Training loss per step (faint: raw, bold: moving average) and mean per epoch."),
         ("metrics.png", lambda: _metrics_figure(history, x), "Evaluation metrics per epoch, one line per task."),
@@ -242,7 +241,11 @@ def write_report(result: Mapping[str, Any], output_dir: str) -> str:
             _by_epoch(history, lambda e: _dict(e.get("fused")).get("weights")), x, f"fusion weights ({method})",
             "weight"), "Weight of each task score in the fused score, per epoch."),
     ]
-    shown = []
+
+
+def _draw(fig_dir: str, figures: List[Tuple[str, Draw, str]]) -> List[str]:
+    """Draws each figure into ``fig_dir``; returns the markdown of those drawn."""
+    shown: List[str] = []
     for name, make, caption in figures:
         path = os.path.join(fig_dir, name)
         if os.path.exists(path):  # no stale figure from an earlier run in the same folder
@@ -256,11 +259,43 @@ def write_report(result: Mapping[str, Any], output_dir: str) -> str:
             logger.warning("report: could not draw %s", name, exc_info=True)
             if os.path.exists(path):  # no half-written figure either
                 os.remove(path)
+    return shown
+
+
+def write_report(result: Mapping[str, Any], output_dir: str) -> str:
+    """Writes the figures of a training run to ``output_dir/report/`` and ``output_dir/report.md``.
+
+    Sections and figures whose data the run lacks are left out; a figure that fails to draw
+    is logged and left out, so odd results (NaNs, one epoch, missing keys) still give a report.
+
+    Args:
+        result: a run's ``metrics.json`` (``RunResult.to_dict()``), possibly read back from disk.
+        output_dir: the run's output folder; created if missing.
+
+    Returns:
+        The path of ``report.md``.
+
+    Example::
+
+        import tempfile
+        with tempfile.TemporaryDirectory() as out:
+            epoch = {"epoch": 1, "train_loss": 0.6, "tasks": {"click": {"auc": 0.7, "logloss": 0.6}}}
+            r = {"step_losses": [0.7, 0.6, 0.5], "history": [epoch], "tasks": epoch["tasks"]}
+            assert os.path.exists(write_report(r, out))
+    """
+    result = _dict(result)
+    history = [e for e in _list(result.get("history")) if isinstance(e, dict)]
+    x = [v if math.isfinite(v := _num(e.get("epoch"))) else i + 1.0 for i, e in enumerate(history)]
+    cfg, fig_dir = _dict(result.get("config")), os.path.join(output_dir, "report")
+    os.makedirs(fig_dir, exist_ok=True)
+    md = _summary(result, x, cfg)
+    shown = _draw(fig_dir, _figures(result, history, x, cfg))
     if shown:
         md += ["## Figures", ""] + shown
     path = os.path.join(output_dir, "report.md")
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         f.write("\n".join(md).rstrip() + "\n")
+    os.replace(path + ".tmp", path)
     return path
 
 

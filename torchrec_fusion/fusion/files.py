@@ -12,15 +12,15 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from torchrec_fusion.evaluation.metrics import auc
 from torchrec_fusion.evaluation.ranking import group_positions, ranking_metrics
-from torchrec_fusion.fusion.rank_aggregation import RANK_FUSIONS, fuse
+from torchrec_fusion.fusion.rank_aggregation import RANK_FUSIONS, aggregate
 
-FILE_FUSIONS = sorted([*RANK_FUSIONS, "weighted"])
+FILE_FUSIONS = sorted(RANK_FUSIONS)  # every registered rank / score fusion (``weighted`` among them)
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ScoreFile:
 def write_scores(path: str, keys: Dict[str, torch.Tensor], labels: Dict[str, torch.Tensor],
                  scores: Dict[str, torch.Tensor]) -> None:
     """Writes a score file (``keys``: ``user``/``item`` columns or ``row``)."""
-    cols = {**{k: v for k, v in keys.items()}, **{f"label:{t}": v for t, v in labels.items()},
+    cols = {**keys, **{f"label:{t}": v for t, v in labels.items()},
             **{f"score:{t}": v for t, v in scores.items()}}
     n = {len(v) for v in cols.values()}
     if len(n) != 1:
@@ -61,7 +61,7 @@ def read_scores(path: str) -> ScoreFile:
     header, body = rows[0], rows[1:]
     if not any(h.startswith("score:") for h in header):
         raise ValueError(f"{path}: no score:<name> column in {header}")
-    key_cols = [c for c in ("user", "item") if c in header] or (["row"] if "row" in header else [])
+    key_cols: List[str] = [c for c in ("user", "item") if c in header] or (["row"] if "row" in header else [])
     if not key_cols:
         raise ValueError(f"{path}: needs key columns user and item (or row)")
     cols: Dict[str, List[float]] = {h: [] for h in header}
@@ -113,25 +113,15 @@ def _padded(values: torch.Tensor, row: torch.Tensor, col: torch.Tensor, shape: T
 
 
 def fuse_scores(keys: torch.Tensor, scores: Dict[str, torch.Tensor], method: str,
-                weights: Optional[Sequence[float]] = None, **kwargs: object) -> torch.Tensor:
-    """The fused score of each row: rank aggregation ``method`` within each user's rows, or
-    ``weighted`` (a weighted sum of per-user z-scores)."""
-    if method not in FILE_FUSIONS:
-        raise ValueError(f"unknown fusion {method!r}; choose one of {FILE_FUSIONS}")
+                weights: Optional[Sequence[float]] = None, options: Optional[Mapping[str, Any]] = None
+                ) -> torch.Tensor:
+    """The fused score of each row: fusion ``method`` of
+    :data:`~torchrec_fusion.fusion.rank_aggregation.RANK_FUSIONS` within each user's rows (``weighted``:
+    a weighted sum of per-user z-scores), with ``weights`` where it takes them and its ``options``
+    (rrf: ``{"k": 60.0}``)."""
     row, col, shape = group_positions(keys[:, 0])
     lists = [_padded(s, row, col, shape, math.nan) for s in scores.values()]
-    if method == "weighted":
-        w = torch.tensor(weights if weights is not None else [1.0] * len(lists), dtype=torch.float64)
-        if w.numel() != len(lists):
-            raise ValueError(f"{len(lists)} scores but {w.numel()} weights")
-        # per-user z-scores of each list (combsum of one list is the list itself)
-        fused = sum(wi * fuse("combsum", [s], norm="zscore") for wi, s in zip(w.tolist(), lists))
-    else:
-        if weights is not None and method in ("rrf", "borda", "combsum", "combmnz"):
-            kwargs["weights"] = list(weights)
-        norm = "minmax" if method.startswith("comb") else None
-        fused = fuse(method, lists, norm=norm, **kwargs)
-    return fused[row, col]
+    return aggregate(method, lists, weights, options)[row, col]
 
 
 def evaluate_scores(keys: torch.Tensor, label: torch.Tensor, scores: Dict[str, torch.Tensor],
@@ -150,9 +140,10 @@ def evaluate_scores(keys: torch.Tensor, label: torch.Tensor, scores: Dict[str, t
 
 
 def fuse_files(paths: Sequence[str], method: str, label: str, select: Optional[Sequence[str]] = None,
-               weights: Optional[Sequence[float]] = None, k: int = 10, **kwargs: object
+               weights: Optional[Sequence[float]] = None, k: int = 10, options: Optional[Mapping[str, Any]] = None
                ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Dict[str, float]]]:
-    """Reads, joins and fuses score files: (keys, fused score, metrics of each score and ``fused``)."""
+    """Reads, joins and fuses score files: (keys, fused score, metrics of each score and ``fused``);
+    ``options`` are the fusion method's (see :func:`fuse_scores`)."""
     keys, labels, scores = align([read_scores(p) for p in paths])
     if label not in labels:
         raise ValueError(f"no label:{label} column in {paths[0]}; labels are {sorted(labels)}")
@@ -163,6 +154,6 @@ def fuse_files(paths: Sequence[str], method: str, label: str, select: Optional[S
         scores = {s: scores[s] for s in select}
     if len(scores) < 2:
         raise ValueError(f"fusion needs at least two scores, got {sorted(scores)}")
-    fused = fuse_scores(keys, scores, method, weights, **kwargs)
+    fused = fuse_scores(keys, scores, method, weights, options)
     report = evaluate_scores(keys, labels[label], {**scores, "fused": fused}, k)
     return keys, fused, report

@@ -161,6 +161,13 @@ class ScoreNormalizer(nn.Module):
         assert rank(torch.tensor([2., 2.5, 9.])).tolist() == [.5, .625, 1.]
     """
 
+    lo: torch.Tensor
+    hi: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    quantiles: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
     def __init__(self, method: str = "minmax", num_scores: int = 1, track_running_stats: bool = False,
                  momentum: float = 0.1, num_quantiles: int = 101, eps: float = 1e-6) -> None:
         super().__init__()

@@ -12,13 +12,19 @@ all of them), or one tensor ``[K, U, N]``; any leading shape ``[..., N]`` works.
 * score-based methods (``comb*``) combine scores as given: normalise them first, e.g. ``fuse(...,
   norm="minmax")`` normalises each ranker's list per user (:func:`~torchrec_fusion.fusion.normalize.normalize`).
 * ``weights`` (one per ranker) scale each ranker's contribution where supported.
+
+:data:`RANK_FUSIONS` registers each method with what it supports (:class:`RankFusion`: weights, its
+normalisation, its options); :func:`aggregate` runs one as registered. Adding a method is its function
+and one ``RANK_FUSIONS.register`` line.
 """
 
-from typing import Callable, Dict, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
 from torchrec_fusion.fusion.normalize import check_scores, normalize
+from torchrec_fusion.registry import NoOptions, Registry, options_dict
 
 Scores = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -184,13 +190,53 @@ def combmed(scores: Scores) -> torch.Tensor:
     return _finish(mid[0] / 2, s)
 
 
-RANK_FUSIONS: Dict[str, Callable[..., torch.Tensor]] = {
-    "rrf": rrf, "borda": borda, "combsum": combsum, "combmnz": combmnz, "combanz": combanz,
-    "combmax": combmax, "combmin": combmin, "combmed": combmed,
-}
+@dataclass(frozen=True)
+class RrfOptions:
+    """Options of :func:`rrf`."""
+
+    k: float = field(default=60.0, metadata={"help": "RRF constant: each ranker adds w / (k + rank)"})
 
 
-def fuse(name: str, scores: Scores, norm: Optional[str] = None, **kwargs: object) -> torch.Tensor:
+@dataclass(frozen=True)
+class RankFusion:
+    """A registered rank or score aggregation and what it supports.
+
+    Attributes:
+        fn: ``fn(scores, **kwargs)``, the fused ``[..., N]`` (calling the entry calls it).
+        takes_weights: it accepts ``weights``, one per ranker.
+        norm: the per-list normalisation :func:`aggregate` applies first (score-based methods combine
+            scores, which must share a scale); None for rank-based ones.
+        Options: its options dataclass (:class:`~torchrec_fusion.registry.NoOptions`: it takes none).
+
+    Example::
+
+        entry = RankFusion(combsum, takes_weights=True, norm="minmax")
+        assert entry([torch.tensor([[.5]]), torch.tensor([[.25]])]).tolist() == [[.75]]
+    """
+
+    fn: Callable[..., torch.Tensor]
+    takes_weights: bool = False
+    norm: Optional[str] = None
+    Options: type = NoOptions
+
+    def __call__(self, scores: Scores, **kwargs: Any) -> torch.Tensor:
+        return self.fn(scores, **kwargs)
+
+
+RANK_FUSIONS: Registry[RankFusion] = Registry("fusion")
+RANK_FUSIONS.register("rrf", RankFusion(rrf, takes_weights=True, Options=RrfOptions))
+RANK_FUSIONS.register("borda", RankFusion(borda, takes_weights=True))
+RANK_FUSIONS.register("combsum", RankFusion(combsum, takes_weights=True, norm="minmax"))
+RANK_FUSIONS.register("combmnz", RankFusion(combmnz, takes_weights=True, norm="minmax"))
+RANK_FUSIONS.register("combanz", RankFusion(combanz, norm="minmax"))
+RANK_FUSIONS.register("combmax", RankFusion(combmax, norm="minmax"))
+RANK_FUSIONS.register("combmin", RankFusion(combmin, norm="minmax"))
+RANK_FUSIONS.register("combmed", RankFusion(combmed, norm="minmax"))
+# a weighted sum of per-user z-scores: CombSUM on another scale
+RANK_FUSIONS.register("weighted", RankFusion(combsum, takes_weights=True, norm="zscore"))
+
+
+def fuse(name: str, scores: Scores, norm: Optional[str] = None, **kwargs: Any) -> torch.Tensor:
     """Runs ``RANK_FUSIONS[name]``; ``norm`` first normalises each ranker's list per user
     (``minmax``, ``zscore``, ``rank``, ...; NaN stays missing).
 
@@ -200,9 +246,46 @@ def fuse(name: str, scores: Scores, norm: Optional[str] = None, **kwargs: object
         assert fuse("combsum", [a, b], norm="minmax").allclose(torch.tensor([[1., .5, 1.]]))
         assert fuse("rrf", [a, b], k=0).allclose(torch.tensor([[1 / 3 + 1, 1 / 2 + 1 / 2, 1.]]))
     """
-    if name not in RANK_FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; expected one of {sorted(RANK_FUSIONS)}")
+    fusion = RANK_FUSIONS[name]
     s = stack_scores(scores)
     if norm is not None:
         s = normalize(s, norm, dim=-1)
-    return RANK_FUSIONS[name](s, **kwargs)
+    return fusion(s, **kwargs)
+
+
+def aggregate(name: str, scores: Scores, weights: Optional[Sequence[float]] = None,
+              options: Optional[Mapping[str, Any]] = None) -> torch.Tensor:
+    """Runs fusion ``name`` as registered: each list normalised per user by the entry's ``norm``, its
+    ``options`` checked against the entry's ``Options``, ``weights`` only where the entry takes them.
+
+    Example::
+
+        a, b = torch.tensor([[0., 5., 10.]]), torch.tensor([[1., 0., float("nan")]])
+        assert aggregate("combsum", [a, b]).allclose(fuse("combsum", [a, b], norm="minmax"))
+        assert aggregate("rrf", [a, b], [2., 1.], {"k": 0}).allclose(torch.tensor([[2 / 3 + 1, 1 + 1 / 2, 2.]]))
+    """
+    fusion = RANK_FUSIONS[name]
+    kwargs = options_dict(RANK_FUSIONS.options(name, options, where=f"fusion {name!r} options"))
+    if weights is not None:
+        if not fusion.takes_weights:
+            takers = sorted(n for n, f in RANK_FUSIONS.items() if f.takes_weights)
+            raise ValueError(f"fusion {name!r} takes no weights; these do: {takers}")
+        kwargs["weights"] = list(weights)
+    return fuse(name, scores, norm=fusion.norm, **kwargs)
+
+
+def aggregate_lists(scores: Mapping[str, torch.Tensor], methods: Sequence[str] = ("rrf", "borda", "combsum"),
+                    unlisted: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """Each of ``methods`` (by :func:`aggregate`) over the ``[U, N]`` score lists in ``scores``, where
+    ``unlisted`` (bool ``[U, N]``) marks candidates no list holds; fewer than two lists: none.
+
+    Example::
+
+        s = {"a": torch.tensor([[3., 2., 1.]]), "b": torch.tensor([[1., 2., 3.]])}
+        fused = aggregate_lists(s, ("borda",), unlisted=torch.tensor([[False, False, True]]))
+        assert fused["borda"][0, :2].tolist() == [3., 3.] and bool(fused["borda"][0, 2].isnan())
+    """
+    if len(scores) < 2:
+        return {}
+    lists = [s if unlisted is None else s.masked_fill(unlisted, float("nan")) for s in scores.values()]
+    return {name: aggregate(name, lists) for name in methods}

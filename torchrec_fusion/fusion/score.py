@@ -18,6 +18,7 @@ from torch import nn
 from torchrec_fusion.evaluation.metrics import auc, log_loss
 from torchrec_fusion.evaluation.ranking import group_to_padded, ndcg
 from torchrec_fusion.fusion.normalize import ScoreNormalizer, check_scores
+from torchrec_fusion.modules.architectures.base import mlp
 
 Normalizer = Optional[Union[str, ScoreNormalizer]]
 
@@ -96,14 +97,6 @@ class WeightedFusion(_ScoreFusion):
         return (x * self.weights().to(x.dtype)).sum(-1)
 
 
-def _mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
-    layers: List[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(in_dim, h), nn.ReLU()]
-        in_dim = h
-    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
-
-
 class GatedFusion(_ScoreFusion):
     """Per-sample weights ``softmax(MLP(context))`` ``[B, T]``; fused score ``sum_t w_t * s_t``. The gate's
     last layer starts at zero, so the initial weights are uniform.
@@ -118,13 +111,16 @@ class GatedFusion(_ScoreFusion):
     def __init__(self, task_names: Sequence[str], context_dim: int, hidden: Sequence[int] = (32,),
                  normalizer: Normalizer = None) -> None:
         super().__init__(task_names, normalizer)
-        self.gate = _mlp(context_dim, hidden, len(self.task_names))
-        nn.init.zeros_(self.gate[-1].weight)
-        nn.init.zeros_(self.gate[-1].bias)
+        body = mlp(context_dim, hidden)  # built before the last layer: the seeded init draws in layer order
+        out = nn.Linear(hidden[-1] if hidden else context_dim, len(self.task_names))
+        self.gate = nn.Sequential(*body, out)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
 
     def gate_weights(self, context: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` per-sample weights on the simplex."""
-        return self.gate(context).softmax(-1)
+        logits: torch.Tensor = self.gate(context)
+        return logits.softmax(-1)
 
     def forward(self, preds: Dict[str, torch.Tensor], context: torch.Tensor) -> torch.Tensor:
         return (self._scores(preds) * self.gate_weights(context)).sum(-1)
@@ -145,7 +141,8 @@ class StackingFusion(_ScoreFusion):
                  normalizer: Normalizer = None) -> None:
         super().__init__(task_names, normalizer)
         self.extra_dim = extra_dim
-        self.mlp = _mlp(len(self.task_names) + extra_dim, hidden, 1)
+        in_dim = len(self.task_names) + extra_dim
+        self.mlp = nn.Sequential(*mlp(in_dim, hidden), nn.Linear(hidden[-1] if hidden else in_dim, 1))
 
     def forward(self, preds: Dict[str, torch.Tensor], extra: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self._scores(preds)
@@ -153,7 +150,8 @@ class StackingFusion(_ScoreFusion):
             if extra is None or extra.shape[-1] != self.extra_dim:
                 raise ValueError(f"expected extra features [B, {self.extra_dim}]")
             x = torch.cat([x, extra.to(x.dtype)], -1)
-        return self.mlp(x).squeeze(-1)
+        out: torch.Tensor = self.mlp(x)
+        return out.squeeze(-1)
 
 
 class FittedWeights(NamedTuple):

@@ -1,16 +1,17 @@
 """Several complete models, each with its own tables, trained and fused as one module."""
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
 from torchrec.models.dlrm import DLRM
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from torchrec_fusion.modules.interface import MultiTaskModule
 from torchrec_fusion.tasks import TaskKind, TaskSpec
 
 
-class DLRMMember(nn.Module):
+class DLRMMember(MultiTaskModule):
     """TorchRec's own :class:`~torchrec.models.dlrm.DLRM` as an ensemble member for one binary task.
 
     Example::
@@ -32,12 +33,19 @@ class DLRMMember(nn.Module):
             raise ValueError(f"a DLRM member predicts one binary task, got {task.kind.value} task {task.name!r}")
         self.dlrm = dlrm
         self.tasks = [task]
-        self.feature_dim = 0
+
+    @property
+    def feature_dim(self) -> int:
+        """0: DLRM's feature vector stays inside it."""
+        return 0
 
     def forward_with_features(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
                               ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
-        logits = self.dlrm(dense_features, sparse_features).squeeze(1)
+        logits: torch.Tensor = self.dlrm(dense_features, sparse_features).squeeze(1)
         return {self.tasks[0].name: logits}, logits.new_zeros(logits.size(0), 0)
+
+    def label_columns(self) -> Optional[List[int]]:
+        return None
 
     def shared_parameters(self) -> List[nn.Parameter]:
         return []
@@ -49,7 +57,7 @@ class DLRMMember(nn.Module):
         return None
 
 
-class ModelEnsemble(nn.Module):
+class ModelEnsemble(MultiTaskModule):
     """Runs several complete models on the same batch and exposes their outputs as
     the tasks ``<member>_<task>`` of one multi-task model, so that
     :class:`~torchrec_fusion.modules.model.MultiTaskTrain` trains every member on
@@ -58,7 +66,7 @@ class ModelEnsemble(nn.Module):
     every member together.
 
     Args:
-        members: name -> model with ``tasks`` and ``forward_with_features`` (a
+        members: name -> :class:`~torchrec_fusion.modules.interface.MultiTaskModule` (a
             :class:`MultiTaskModel` or a :class:`DLRMMember`).
         label_tasks: the batch's task names, in column order; each member task
             is supervised by the batch column of the same name.
@@ -79,7 +87,7 @@ class ModelEnsemble(nn.Module):
         assert ens.label_columns() == [0, 1, 0]
     """
 
-    def __init__(self, members: Mapping[str, nn.Module], label_tasks: Sequence[str]) -> None:
+    def __init__(self, members: Mapping[str, MultiTaskModule], label_tasks: Sequence[str]) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError("an ensemble needs at least two members")
@@ -87,7 +95,7 @@ class ModelEnsemble(nn.Module):
         self.tasks: List[TaskSpec] = []
         self._cols: List[int] = []
         self._names: List[Tuple[str, str, str]] = []  # (member, task, ensemble task)
-        for m, model in self.members.items():
+        for m, model in self._member_models():
             for t in model.tasks:
                 if t.name not in label_tasks:
                     raise ValueError(f"member {m!r} predicts {t.name!r}, which has no label in {list(label_tasks)}")
@@ -95,33 +103,38 @@ class ModelEnsemble(nn.Module):
                 self.tasks.append(TaskSpec(name, t.kind, t.loss_weight, t.num_classes))
                 self._cols.append(list(label_tasks).index(t.name))
                 self._names.append((m, t.name, name))
-        self.feature_dim = sum(model.feature_dim for model in self.members.values())
+        self._feature_dim = sum(model.feature_dim for _, model in self._member_models())
+
+    def _member_models(self) -> List[Tuple[str, MultiTaskModule]]:
+        return [(m, cast(MultiTaskModule, model)) for m, model in self.members.items()]
+
+    @property
+    def feature_dim(self) -> int:
+        """The members' feature vectors side by side."""
+        return self._feature_dim
 
     def forward_with_features(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
                               ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
         outputs, features = {}, []
-        for m, model in self.members.items():
+        for m, model in self._member_models():
             out, feats = model.forward_with_features(dense_features, sparse_features)
             # index by task name: under the pipeline's FX tracing ``out`` is a proxy, not a dict
             outputs.update({f"{m}_{t.name}": out[t.name] for t in model.tasks})
             features.append(feats)
         return outputs, torch.cat(features, dim=1)
 
-    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
-        return self.forward_with_features(dense_features, sparse_features)[0]
-
     def label_columns(self) -> List[int]:
         return list(self._cols)
 
     def shared_parameters(self) -> List[nn.Parameter]:
-        return [p for model in self.members.values() for p in model.shared_parameters()]
+        return [p for _, model in self._member_models() for p in model.shared_parameters()]
 
     def regularization(self) -> Optional[torch.Tensor]:
-        terms = [r for model in self.members.values() if (r := model.regularization()) is not None]
-        return sum(terms) if terms else None
+        terms = [r for _, model in self._member_models() if (r := model.regularization()) is not None]
+        return sum(terms[1:], terms[0]) if terms else None
 
     def gate_weights(self) -> Optional[Dict[str, torch.Tensor]]:
         out = {}
-        for m, model in self.members.items():
+        for m, model in self._member_models():
             out.update({f"{m}_{t}": w for t, w in (model.gate_weights() or {}).items()})
         return out or None

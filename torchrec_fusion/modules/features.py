@@ -1,6 +1,6 @@
 """Feature arch: pooled embeddings and dense features into one vector per sample."""
 
-from typing import List
+from typing import List, Sequence, cast
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ class FeatureArch(nn.Module):
         self,
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
-        dense_arch_layer_sizes: List[int] = (),
+        dense_arch_layer_sizes: Sequence[int] = (),
         interaction: bool = True,
         embedding_l2: float = 0.0,
     ) -> None:
@@ -58,13 +58,13 @@ class FeatureArch(nn.Module):
         d, f = self.sparse_arch.D, self.sparse_arch.F
         self.dense_arch = DenseArch(dense_in_features, list(dense_arch_layer_sizes) + [d])
         self.interaction_arch = InteractionArch(f) if interaction else None
-        self.out_features = d + f * d + ((f + 1) * f // 2 if interaction else 0)
+        self.out_features: int = d + f * d + ((f + 1) * f // 2 if interaction else 0)
         self.embedding_l2 = embedding_l2
         self.penalty: torch.Tensor = torch.zeros(())
 
     @property
     def feature_names(self) -> List[str]:
-        return self.sparse_arch.sparse_feature_names
+        return cast(List[str], self.sparse_arch.sparse_feature_names)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         dense = self.dense_arch(dense_features)

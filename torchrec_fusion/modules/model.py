@@ -1,6 +1,6 @@
 """The multi-task model and its training wrapper, in the shape of TorchRec's DLRM."""
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from torchrec_fusion.data.batch import MultiTaskBatch
 from torchrec_fusion.losses import FixedWeights, LossBalancer, task_loss, task_losses
 from torchrec_fusion.modules.architectures import MultiTaskArch, build_architecture
 from torchrec_fusion.modules.features import FeatureArch
+from torchrec_fusion.modules.interface import MultiTaskModule
 from torchrec_fusion.modules.towers import TaskTowers
 from torchrec_fusion.tasks import TaskKind, TaskSpec, check_tasks
 
@@ -19,7 +20,7 @@ from torchrec_fusion.tasks import TaskKind, TaskSpec, check_tasks
 PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16}
 
 
-class MultiTaskModel(nn.Module):
+class MultiTaskModel(MultiTaskModule):
     """A multi-task recommender over one (shardable) EmbeddingBagCollection.
 
     ``FeatureArch`` (embeddings, dense MLP, dot interactions) feeds a
@@ -32,7 +33,8 @@ class MultiTaskModel(nn.Module):
         dense_in_features: width of the dense features.
         tasks: the task specs.
         arch: registered architecture name, or a built :class:`MultiTaskArch`.
-        arch_kwargs: keyword arguments of the architecture (``num_experts``...).
+        arch_kwargs: the architecture's options (its ``Options``: ``num_experts``...), checked: an
+            unknown or mistyped one is a ``ValueError``; a ``dropout`` here overrides ``dropout``.
         dense_arch_layer_sizes: hidden sizes of the dense MLP.
         tower_layer_sizes: hidden sizes of each task tower.
         interaction: add pairwise dot products of the feature embeddings.
@@ -84,22 +86,18 @@ class MultiTaskModel(nn.Module):
         if isinstance(arch, MultiTaskArch):
             self.task_arch = arch
         else:
-            kwargs = dict(arch_kwargs or {})
-            kwargs.setdefault("dropout", dropout)
-            self.task_arch = build_architecture(arch, self.feature_arch.out_features, names, **kwargs)
+            options = dict(arch_kwargs or {})
+            arch_dropout = options.pop("dropout", dropout)
+            self.task_arch = build_architecture(arch, self.feature_arch.out_features, names, dropout=arch_dropout,
+                                                options=options)
         self.towers = TaskTowers(self.task_arch.out_features, self.tasks, tower_layer_sizes, dropout)
-
-    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
-        """Returns raw outputs per task: logits (binary ``[B]``, multiclass ``[B, C]``)
-        or values (regression ``[B]``); :func:`to_predictions` turns them into
-        probabilities."""
-        return self.forward_with_features(dense_features, sparse_features)[0]
 
     def forward_with_features(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
                               ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
         """The outputs of :meth:`forward` and the feature vector ``[B, H]`` they came from."""
         dtype = PRECISIONS[self.precision]
-        if dtype is None or is_fx_symbolic_tracing():  # TrainPipelineSparseDist traces the model only to find its inputs
+        # TrainPipelineSparseDist traces the model only to find its inputs: no autocast then
+        if dtype is None or is_fx_symbolic_tracing():
             features = self.feature_arch(dense_features, sparse_features)
             return self.task_arch.combine_outputs(self.towers(self.task_arch(features))), features
         with torch.autocast(dense_features.device.type, dtype=dtype):
@@ -134,7 +132,7 @@ class MultiTaskModel(nn.Module):
     def set_output_bias(self, task: str, value: float) -> None:
         """Starts a task's head at ``value`` (the label mean for a regression task)."""
         with torch.no_grad():
-            self.towers.heads[task].bias.fill_(value)
+            cast(nn.Linear, self.towers.heads[task]).bias.fill_(value)
 
 
 def to_predictions(tasks: Sequence[TaskSpec], outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -148,7 +146,8 @@ def to_predictions(tasks: Sequence[TaskSpec], outputs: Dict[str, torch.Tensor]) 
 
 
 class MultiTaskTrain(nn.Module):
-    """Wraps a :class:`MultiTaskModel` for ``TrainPipelineSparseDist``, as ``DLRMTrain`` does.
+    """Wraps a :class:`MultiTaskModel` (or any :class:`MultiTaskModule`) for ``TrainPipelineSparseDist``,
+    as ``DLRMTrain`` does.
 
     Args:
         model: the multi-task model.
@@ -181,7 +180,10 @@ class MultiTaskTrain(nn.Module):
         assert labels["like"].isnan().tolist() == [False, True]
     """
 
-    def __init__(self, model: nn.Module, balancer: Optional[LossBalancer] = None,
+    model: MultiTaskModule
+    balancer: LossBalancer
+
+    def __init__(self, model: MultiTaskModule, balancer: Optional[LossBalancer] = None,
                  fusion: Optional[nn.Module] = None, fusion_target: Optional[str] = None,
                  fusion_loss_weight: float = 1.0) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
 """Task towers: one MLP and output head per task."""
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, cast
 
 import torch
 from torch import nn
@@ -35,14 +35,15 @@ class TaskTowers(nn.Module):
 
     def forward(self, representations: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         names = list(self.towers)
+        towers = [cast(nn.Sequential, self.towers[n]) for n in names]
+        heads = [cast(nn.Linear, self.heads[n]) for n in names]
         if len(names) == 1:
-            y = self.heads[names[0]](self.towers[names[0]](representations[names[0]]))
+            y = heads[0](towers[0](representations[names[0]]))
             return {names[0]: y.squeeze(1) if y.size(1) == 1 else y}
         x = torch.stack([representations[n] for n in names])  # [T, B, in]
-        for j in range(0, len(self.towers[names[0]]), 2):  # (Linear, ReLU or ReluDropout) per layer
-            x = self._stacked(x, [self.towers[n][j] for n in names])
-            x = self.towers[names[0]][j + 1](x)  # the activation, elementwise and alike in every tower
-        heads = [self.heads[n] for n in names]
+        for j in range(0, len(towers[0]), 2):  # (Linear, ReLU or ReluDropout) per layer
+            x = self._stacked(x, [cast(nn.Linear, tower[j]) for tower in towers])
+            x = towers[0][j + 1](x)  # the activation, elementwise and alike in every tower
         if len({h.out_features for h in heads}) == 1:
             y = self._stacked(x, heads)
             return {n: y[i].squeeze(1) if y.size(2) == 1 else y[i] for i, n in enumerate(names)}

@@ -23,9 +23,15 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
-from torch import nn
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
+from torchrec_fusion.modules.model import MultiTaskTrain
 from torchrec_fusion.tasks import TaskSpec
+from torchrec_fusion.training.checkpoint import verify_checkpoint
+from torchrec_fusion.training.config import TrainConfig, read_config_file
+from torchrec_fusion.training.factory import ModelSchema, build_train_model
+from torchrec_fusion.training.inference import load_run
+from torchrec_fusion.training.prepare import prepare_data
 
 
 @dataclass
@@ -46,7 +52,7 @@ class DataSchema:
         return torch.full((len(self.tasks),), float("nan"))  # output biases come with the weights
 
     @classmethod
-    def of(cls, data: Any) -> "DataSchema":
+    def of(cls, data: ModelSchema) -> "DataSchema":
         return cls(list(data.feature_names), dict(data.num_embeddings), dict(data.pooling), list(data.tasks),
                    int(data.num_dense))
 
@@ -60,17 +66,12 @@ class DataSchema:
         return cls(**{**d, "tasks": [TaskSpec(**t) for t in d["tasks"]]})
 
 
-def _rank_export(config: Any, checkpoint: str, out_dir: str) -> str:
-    import torch.distributed.checkpoint as dcp
-
-    from torchrec_fusion.training.checkpoint import verify_checkpoint
-    from torchrec_fusion.training.trainer import build_train_model, prepare_data
-
+def _rank_export(config: TrainConfig, checkpoint: str, out_dir: str) -> str:
     verify_checkpoint(checkpoint)
     schema = DataSchema.of(prepare_data(config).train)
     model = build_train_model(config, schema, device="cpu")
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=checkpoint, no_dist=True)  # every shard, gathered into whole tensors
+    dcp_load(state, checkpoint_id=checkpoint, no_dist=True)  # every shard, gathered into whole tensors
     model.load_state_dict(state["model"])
     os.makedirs(out_dir, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(out_dir, "model.pt.tmp"))
@@ -84,21 +85,16 @@ def _rank_export(config: Any, checkpoint: str, out_dir: str) -> str:
 def export_run(run_dir: str, out_dir: Optional[str] = None, checkpoint: Optional[str] = None) -> str:
     """Writes the single-process inference model of the run in ``run_dir`` (default
     ``run_dir/export``) from its latest checkpoint (or ``checkpoint``); returns the folder."""
-    from torchrec_fusion.training.inference import load_run
-
     config, ckpt = load_run(run_dir, checkpoint)
     return _rank_export(dataclasses.replace(config, world_size=1), ckpt, out_dir or os.path.join(run_dir, "export"))
 
 
-def load_exported(path: str) -> nn.Module:
+def load_exported(path: str) -> MultiTaskTrain:
     """The model ``export_run`` wrote to ``path``, on the CPU, in eval mode; no process group needed.
 
     Returns a ``MultiTaskTrain``: ``loss, (_, predictions, labels) = model(batch)``;
     ``model.model(dense, kjt)`` gives the raw task outputs.
     """
-    from torchrec_fusion.training.config import TrainConfig, read_config_file
-    from torchrec_fusion.training.trainer import build_train_model
-
     for name in ("model.pt", "config.yaml", "schema.json"):
         if not os.path.exists(os.path.join(path, name)):
             raise FileNotFoundError(f"{path} is not an exported model: {name} is missing (run export first)")
@@ -108,4 +104,5 @@ def load_exported(path: str) -> nn.Module:
     meta.pop("checkpoint", None)
     model = build_train_model(config, DataSchema.from_dict(meta), device="cpu")
     model.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True))
-    return model.eval()
+    model.eval()
+    return model

@@ -27,8 +27,9 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 MANIFEST = "MANIFEST.json"
 STATE = "state.json"
@@ -104,7 +105,7 @@ def save_checkpoint(root: str, step: int, model: nn.Module, optimizer: Optional[
         shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a crash while writing
         os.makedirs(tmp)
     _barrier()
-    dcp.save(_app_state(model, optimizer), checkpoint_id=tmp)
+    dcp_save(_app_state(model, optimizer), checkpoint_id=tmp)
     torch.save({"torch": torch.get_rng_state(), **(extra or {})}, os.path.join(tmp, f"rng_{_rank()}.pt"))
     if _rank() == 0:
         with open(os.path.join(tmp, STATE), "w") as f:
@@ -162,9 +163,10 @@ def verify_checkpoint(path: str) -> Dict[str, Any]:
         with open(manifest_path) as f:
             manifest = json.load(f)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} is incomplete: no {MANIFEST} (the run stopped while writing it)")
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete: no {MANIFEST} (the run stopped while writing it)") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint {path} is corrupted: {MANIFEST} is not valid JSON ({e})")
+        raise CheckpointError(f"checkpoint {path} is corrupted: {MANIFEST} is not valid JSON ({e})") from None
     for name, want in manifest.items():
         p = os.path.join(path, name)
         if not os.path.exists(p):
@@ -175,8 +177,15 @@ def verify_checkpoint(path: str) -> Dict[str, Any]:
                                   f"{want['bytes']} (truncated?)")
         if _sha256(p) != want["sha256"]:
             raise CheckpointError(f"checkpoint {path} is corrupted: {name} does not match its sha256")
+    return _read_state(path)
+
+
+def _read_state(path: str) -> Dict[str, Any]:
     with open(os.path.join(path, STATE)) as f:
-        return json.load(f)
+        state = json.load(f)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is corrupted: {STATE} is not a JSON object")
+    return state
 
 
 def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[Any] = None) -> Dict[str, Any]:
@@ -193,9 +202,8 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[Any] = None
     if verdict is not None:
         raise CheckpointError(verdict)
     app = _app_state(model, optimizer)
-    dcp.load(app, checkpoint_id=path)
+    dcp_load(app, checkpoint_id=path)
     model.load_state_dict(app["model"])
     if optimizer is not None:
         optimizer.load_state_dict(app["optimizer"])
-    with open(os.path.join(path, STATE)) as f:
-        return json.load(f)
+    return _read_state(path)

@@ -1,38 +1,93 @@
-"""Every option of a training run, in one dataclass (the CLI fills it)."""
+"""Every option of a training run: general fields here, each component's own options in its section.
+
+The components chosen by name (the dataset, the architecture, the loss balancing, the fusion) each own
+an ``Options`` dataclass in their own file; a run's config holds their values in a section per family
+(``data:``, ``arch_options:``, ``balancing_options:``, ``fusion_options:``). A flat key (a CLI flag, or
+a top-level key in a config file) that names an option of the chosen member is routed into its section:
+``--num-experts 8`` or ``num_experts: 8`` set ``arch_options.num_experts`` under ``arch: mmoe``; the
+balancing and fusion options take their family's prefix (``--balancing-window``, ``--fusion-weights``).
+"""
 
 import dataclasses
+import importlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from torchrec_fusion.registry import Registry, check_value, make_options, option_names, options_class, options_dict
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family of registered components as the config sees it: the field that names the member,
+    the section holding its options, and the prefix of its flat keys."""
+
+    choice: str
+    section: str
+    prefix: str
+    registry: Callable[[], "Registry[Any]"]
+    none: Optional[str] = None  # a choice meaning "no member" (fusion: none)
+
+
+def _datasets() -> Registry[Any]:
+    from torchrec_fusion.data.registry import DATASETS
+
+    return DATASETS
+
+
+def _architectures() -> Registry[Any]:
+    from torchrec_fusion.modules.architectures import ARCHITECTURES
+
+    return ARCHITECTURES
+
+
+def _balancers() -> Registry[Any]:
+    from torchrec_fusion.losses import BALANCERS
+
+    return BALANCERS
+
+
+def _fusions() -> Registry[Any]:
+    from torchrec_fusion.fusion.head import TRAINABLE_FUSIONS
+
+    return TRAINABLE_FUSIONS
+
+
+FAMILIES = (
+    Family("dataset", "data", "", _datasets),
+    Family("arch", "arch_options", "", _architectures),
+    Family("balancing", "balancing_options", "balancing_", _balancers),
+    Family("fusion", "fusion_options", "fusion_", _fusions, none="none"),
+)
 
 
 @dataclass
 class TrainConfig:
     """A training run. Defaults are the CLI's defaults, chosen on a validation
     split carved from MovieLens-100K u1.base (``--validation-fraction 0.1``),
-    never on u1.test: history bags on, no dot interactions, dropout 0.5, 12 epochs."""
+    never on u1.test: history bags on, no dot interactions, dropout 0.5, 12 epochs.
 
-    # data
+    Build one with :meth:`make` (or :meth:`from_dict`), which routes flat option names into
+    their sections and checks every value.
+
+    Example::
+
+        config = TrainConfig.make(arch="mmoe", num_experts=8, balancing="dwa", balancing_temperature=3.0)
+        assert config.arch_options == {"num_experts": 8} and config.balancing_options == {"temperature": 3.0}
+        assert config.member_options("arch")["expert_layer_sizes"] == [128, 64]
+    """
+
+    # data: the dataset's own options (data_dir, split, ...) are in ``data``
     dataset: str = "synthetic"
-    data_dir: Optional[str] = None
-    # dataset "table": the user's own Parquet/CSV columns (see torchrec_fusion.data.tabular.TableSpec)
-    table: Optional[Dict[str, Any]] = None
-    split: Optional[str] = "auto"
+    data: Dict[str, Any] = field(default_factory=dict)
     tasks: Optional[List[str]] = None
     validation_fraction: float = 0.0  # > 0: carve a validation split from train and evaluate on it
     history_length: int = 64  # > 0: add user_history / item_audience bags of up to this many ids
-    synthetic_rows: int = 200_000
-    synthetic_scale: float = 1.0
-    # model
+    # model: the architecture's own options (num_experts, ...) are in ``arch_options``
     arch: str = "mmoe"
+    arch_options: Dict[str, Any] = field(default_factory=dict)
     embedding_dim: int = 32
     dense_arch_layer_sizes: List[int] = field(default_factory=lambda: [64])
-    num_experts: int = 4
-    num_levels: int = 2  # ple: extraction levels (cgc is one level)
-    num_shared_experts: int = 2  # ple, cgc: shared experts per level
-    num_task_experts: int = 1  # ple, cgc: experts per task per level
-    expert_layer_sizes: List[int] = field(default_factory=lambda: [128, 64])
-    bottom_layer_sizes: List[int] = field(default_factory=lambda: [128, 64])
     tower_layer_sizes: List[int] = field(default_factory=lambda: [32])
     interaction: bool = False
     dropout: float = 0.5
@@ -48,11 +103,11 @@ class TrainConfig:
     dense_lr: float = 1e-3
     dense_weight_decay: float = 0.0
     balancing: str = "fixed"
+    balancing_options: Dict[str, Any] = field(default_factory=dict)
     # score fusion after the task heads, trained in the same loop
     fusion: str = "none"
+    fusion_options: Dict[str, Any] = field(default_factory=dict)
     fusion_target: Optional[str] = None  # binary task supervising the fused score (default: the first)
-    fusion_normalizer: str = "zscore"
-    fusion_weights: Optional[List[float]] = None  # weighted: fixed weights instead of learnt ones
     fusion_loss_weight: float = 1.0
     # rank the whole item catalogue for each evaluated user after training (MovieLens)
     ranking_eval: bool = False
@@ -81,19 +136,74 @@ class TrainConfig:
     verbose: bool = True
     keep_predictions: bool = False  # return eval predictions from run() (tests)
     report: bool = True  # OUT/report.md with PNG plots of the run
+    # modules imported (on every rank) before the config is resolved: they register their components
+    plugins: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any], source: str = "config") -> "TrainConfig":
-        """A config from a mapping of field names (``-`` or ``_``); unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
+    def make(cls, **values: Any) -> "TrainConfig":
+        """A config from keyword arguments, flat option names allowed (see :meth:`from_dict`)."""
+        return cls.from_dict(values, source="TrainConfig.make")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """A config from a mapping of field names (``-`` or ``_``); a key that is no field but an option
+        of the chosen dataset, architecture, balancing or fusion goes into that section. Unknown keys
+        and mistyped values are a ``ValueError`` naming ``source`` and the key."""
         values = {str(k).replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown option(s) {unknown}; known: {sorted(names)}")
-        return cls(**values)
+        import_plugins(check_value(values.get("plugins", []), List[str], f"{source}: plugins"), source)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = _field_types()
+        known = {k: check_value(v, hints[k], f"{source}: {k}") for k, v in values.items() if k in fields}
+        sections: Dict[str, Dict[str, Any]] = {f.section: dict(known.get(f.section) or {}) for f in FAMILIES}
+        for key in sorted(set(values) - set(fields)):
+            family, name = _route(key, known, source)
+            sections[family.section][name] = values[key]
+        known.update(sections)
+        config = cls(**known)
+        config.check(source)
+        return config
+
+    def check(self, source: str = "config") -> None:
+        """Validates every component section against its member's ``Options``."""
+        for family in FAMILIES:
+            members = self._members(family, source)
+            for member in members:
+                _member_options(family, member, self._section_for(family, member), source)
+            if family.choice == "arch" and self.ensemble:  # each option must be some member's
+                taken = {n for m in members for n in option_names(family.registry()[m])}
+                unused = sorted(set(self.arch_options) - taken)
+                if unused:
+                    raise ValueError(f"{source}: arch_options {unused} belong to no architecture of the ensemble "
+                                     f"{self.ensemble}")
+
+    def _members(self, family: Family, source: str = "config") -> List[str]:
+        chosen = getattr(self, family.choice)
+        if family.none is not None and chosen == family.none:
+            if getattr(self, family.section):
+                raise ValueError(f"{source}: {family.section} given but {family.choice} is {chosen!r}")
+            return []
+        if family.choice == "arch" and self.ensemble:
+            return [a for a in self.ensemble if a != "dlrm"]
+        return [chosen]
+
+    def _section_for(self, family: Family, member: str) -> Dict[str, Any]:
+        """The part of ``family``'s section that ``member`` takes (ensemble members share one section:
+        each takes the options its architecture has)."""
+        section: Dict[str, Any] = getattr(self, family.section)
+        if family.choice == "arch" and self.ensemble:
+            names = set(option_names(family.registry()[member]))
+            return {k: v for k, v in section.items() if k in names}
+        return section
+
+    def member_options(self, family: str, member: Optional[str] = None) -> Dict[str, Any]:
+        """The resolved options (defaults filled in) of ``member`` (default: the chosen one) of the
+        family named by its choice field (``"dataset"``, ``"arch"``, ``"balancing"``, ``"fusion"``)."""
+        fam = next(f for f in FAMILIES if f.choice == family)
+        member = member or getattr(self, fam.choice)
+        return options_dict(_member_options(fam, member, self._section_for(fam, member), "config"))
 
     def save(self, path: str) -> None:
         """Writes the whole resolved config as YAML: ``train --config path`` repeats the run."""
@@ -104,18 +214,60 @@ class TrainConfig:
         os.replace(path + ".tmp", path)
 
 
-    def arch_kwargs(self) -> Dict[str, Any]:
-        if self.arch == "mmoe":
-            return {"num_experts": self.num_experts, "expert_layer_sizes": self.expert_layer_sizes}
-        if self.arch in ("ple", "cgc"):
-            kwargs = {"num_shared_experts": self.num_shared_experts, "num_task_experts": self.num_task_experts,
-                      "expert_layer_sizes": self.expert_layer_sizes}
-            return {**kwargs, "num_levels": self.num_levels} if self.arch == "ple" else kwargs
-        if self.arch == "shared_bottom":
-            return {"bottom_layer_sizes": self.bottom_layer_sizes}
-        if self.arch in ("single_task", "esmm", "aitm"):  # one MLP per task, sized like the shared bottom
-            return {"task_layer_sizes": self.bottom_layer_sizes}
-        return {}
+def _field_types() -> Dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(TrainConfig)
+
+
+def _member_options(family: Family, member: str, values: Mapping[str, Any], source: str) -> Any:
+    registry = family.registry()
+    if member not in registry:
+        raise ValueError(f"{source}: {family.choice}: unknown {registry.family} {member!r}; "
+                         f"choose one of {sorted(registry)}")
+    return make_options(options_class(registry[member]), values, f"{source}: {family.section} of {member!r}")
+
+
+def _route(key: str, known: Mapping[str, Any], source: str) -> Tuple[Family, str]:
+    """The family section a flat ``key`` belongs to, given the chosen members in ``known``."""
+    defaults = TrainConfig()
+    elsewhere: List[str] = []
+    for family in FAMILIES:
+        if not key.startswith(family.prefix):
+            continue
+        name = key[len(family.prefix):]
+        chosen = known.get(family.choice, getattr(defaults, family.choice))
+        members = [chosen]
+        if family.choice == "arch" and known.get("ensemble"):
+            members = [a for a in known["ensemble"] if a != "dlrm"]
+        registry = family.registry()
+        if any(m in registry and name in option_names(registry[m]) for m in members):
+            return family, name
+        elsewhere += [f"{family.choice} {m!r}" for m in sorted(registry) if name in option_names(registry[m])]
+    if elsewhere:
+        raise ValueError(f"{source}: option {key!r} belongs to {', '.join(elsewhere)}, not to the chosen one")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    raise ValueError(f"{source}: unknown option(s) [{key!r}]; known: {sorted(fields | set(flat_option_names()))}")
+
+
+def flat_option_names() -> Dict[str, Tuple[Family, str, Any]]:
+    """Every flat key: the config's fields and each family's options with its prefix, mapped to
+    (family, option name, the member whose Options field it is); fields map to None families."""
+    out: Dict[str, Tuple[Family, str, Any]] = {}
+    for family in FAMILIES:
+        for member in family.registry().values():
+            for f in dataclasses.fields(options_class(member)):
+                out.setdefault(family.prefix + f.name, (family, f.name, member))
+    return out
+
+
+def import_plugins(modules: List[str], source: str = "config") -> None:
+    """Imports each named module once (they register their components in the registries)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"{source}: plugin module {name!r} could not be imported: {e}") from None
 
 
 def read_config_file(path: str) -> Dict[str, Any]:

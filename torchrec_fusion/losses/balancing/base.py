@@ -43,12 +43,15 @@ class FixedWeights(LossBalancer):
         assert b({"a": torch.tensor(1.0), "b": torch.tensor(2.0)}).item() == 2.0
     """
 
+    weights: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec]) -> None:
         super().__init__(tasks)
         self.register_buffer("weights", torch.tensor([t.loss_weight for t in tasks], dtype=torch.float32))
 
     def forward(self, losses: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(w * losses[t] for t, w in zip(self.task_names, self.weights))
+        total: torch.Tensor = sum(w * losses[t] for t, w in zip(self.task_names, self.weights))
+        return total
 
     def task_weights(self) -> Dict[str, float]:
         return dict(zip(self.task_names, self.weights.tolist()))

@@ -1,5 +1,6 @@
 """Dynamic Weight Average: weights from the tasks' loss descent rates (Liu et al., CVPR 2019)."""
 
+from dataclasses import dataclass, field
 from typing import Dict, Sequence
 
 import torch
@@ -35,7 +36,22 @@ class DynamicWeightAverage(LossBalancer):
         assert w["b"] > w["a"] and abs(w["a"] + w["b"] - 2.0) < 1e-6
     """
 
-    def __init__(self, tasks: Sequence[TaskSpec], window: int = 100, temperature: float = 2.0) -> None:
+    @dataclass(frozen=True)
+    class Options:
+        """DWA's options (``balancing_options``)."""
+
+        window: int = field(default=100, metadata={"help": "training steps per averaging window"})
+        temperature: float = field(default=2.0, metadata={"help": "softmax temperature (larger: more even weights)"})
+
+    fixed: torch.Tensor
+    weights: torch.Tensor
+    loss_sum: torch.Tensor
+    steps: torch.Tensor
+    window_means: torch.Tensor
+    windows_done: torch.Tensor
+
+    def __init__(self, tasks: Sequence[TaskSpec], window: int = Options.window,
+                 temperature: float = Options.temperature) -> None:
         super().__init__(tasks)
         if window < 1 or not temperature > 0:
             raise ValueError(f"DWA needs window >= 1 and temperature > 0, got {window} and {temperature}")

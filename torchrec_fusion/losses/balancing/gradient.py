@@ -40,7 +40,7 @@ class GradientBalancer(LossBalancer):
 
     def active(self, losses: Dict[str, torch.Tensor]) -> bool:
         """True when gradients are being taken (training, with a graph)."""
-        return self.training and torch.is_grad_enabled() and any(l.requires_grad for l in losses.values())
+        return self.training and torch.is_grad_enabled() and any(loss.requires_grad for loss in losses.values())
 
     def task_gradients(self, losses: Dict[str, torch.Tensor], params: List[nn.Parameter]) -> torch.Tensor:
         """``[T, P]``: each task's flattened gradient on ``params`` (zeros where a task does not reach)."""

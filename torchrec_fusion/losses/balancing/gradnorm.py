@@ -1,5 +1,6 @@
 """GradNorm: learn task weights that balance gradient norms (Chen et al., ICML 2018)."""
 
+from dataclasses import dataclass, field
 from typing import Dict, Sequence
 
 import torch
@@ -36,7 +37,16 @@ class GradNorm(GradientBalancer):
         assert b.task_weight_param.grad is not None and b.task_weight_param.grad[1] > 0  # b's larger norm: w_b falls
     """
 
-    def __init__(self, tasks: Sequence[TaskSpec], alpha: float = 1.5) -> None:
+    @dataclass(frozen=True)
+    class Options:
+        """GradNorm's options (``balancing_options``)."""
+
+        alpha: float = field(default=1.5, metadata={"help": "asymmetry (0: equal gradient norms)"})
+
+    initial_losses: torch.Tensor
+    started: torch.Tensor
+
+    def __init__(self, tasks: Sequence[TaskSpec], alpha: float = Options.alpha) -> None:
         super().__init__(tasks)
         weights = torch.tensor([t.loss_weight for t in tasks], dtype=torch.float32)
         if not (weights > 0).all():
@@ -67,10 +77,10 @@ class GradNorm(GradientBalancer):
         w = self.task_weight_param
         params = self.shared_parameters()
         norms = self.task_gradients(losses, params).norm(dim=1)  # ||grad L_t||, a constant to w
-        g = w * norms
+        g: torch.Tensor = w * norms
         ratio = torch.where(present & self.started, stacked.detach() / self.initial_losses.clamp_min(1e-12),
                             torch.ones_like(stacked))
-        target = (g.mean() * (ratio / ratio.mean()) ** self.alpha).detach()
+        target: torch.Tensor = (g.mean() * (ratio / ratio.mean()) ** self.alpha).detach()
         return (w.detach() * stacked).sum() + (g - target).abs().sum()
 
     def task_weights(self) -> Dict[str, float]:

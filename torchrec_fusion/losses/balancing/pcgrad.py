@@ -1,5 +1,6 @@
 """PCGrad: project conflicting task gradients (Yu et al., NeurIPS 2020)."""
 
+from dataclasses import dataclass, field
 from typing import Dict, Sequence
 
 import torch
@@ -55,14 +56,22 @@ class PCGrad(GradientBalancer):
         assert torch.allclose(theta.grad, torch.tensor([0.5, 1.5]))
     """
 
-    def __init__(self, tasks: Sequence[TaskSpec], seed: int = 0) -> None:
+    @dataclass(frozen=True)
+    class Options:
+        """PCGrad's options (``balancing_options``)."""
+
+        seed: int = field(default=0, metadata={"help": "seed of the projection order"})
+
+    weights: torch.Tensor
+
+    def __init__(self, tasks: Sequence[TaskSpec], seed: int = Options.seed) -> None:
         super().__init__(tasks)
         self.register_buffer("weights", torch.tensor([t.loss_weight for t in tasks], dtype=torch.float32))
         self.generator = torch.Generator().manual_seed(seed)
 
     def forward(self, losses: Dict[str, torch.Tensor]) -> torch.Tensor:
         weighted = {t: w * losses[t] for t, w in zip(self.task_names, self.weights)}
-        total = sum(weighted.values())
+        total: torch.Tensor = sum(weighted.values())
         if not self.active(losses):
             return total
         params = self.shared_parameters()

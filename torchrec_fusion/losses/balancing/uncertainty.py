@@ -35,6 +35,8 @@ class UncertaintyWeighting(LossBalancer):
         assert b.task_weights() == {"a": 1.0, "r": 1.0} and b.log_variance.grad is not None
     """
 
+    factors: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec]) -> None:
         super().__init__(tasks)
         if any(t.loss_weight <= 0 for t in tasks):

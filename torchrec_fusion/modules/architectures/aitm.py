@@ -1,7 +1,8 @@
 """AITM: adaptive information transfer along a sequence of tasks (Xi et al., KDD 2021)."""
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -64,22 +65,33 @@ class AITMArch(MultiTaskArch):
         assert out["buy"].shape == (4, 16) and arch.gate_weights()["buy"].shape == (4, 2)
     """
 
+    @dataclass(frozen=True)
+    class Options:
+        """AITM's options (``arch_options``)."""
+
+        task_layer_sizes: List[int] = field(default_factory=lambda: [128, 64],
+                                                  metadata={"help": "hidden sizes of each task's MLP"})
+        attention_dim: Optional[int] = field(
+            default=None, metadata={"help": "width k of the AIT attention (default: the representation width)"})
+
     def __init__(
         self,
         in_features: int,
         task_names: Sequence[str],
-        task_layer_sizes: Sequence[int] = (256, 128),
-        attention_dim: Optional[int] = None,
+        task_layer_sizes: Sequence[int] = (128, 64),
+        attention_dim: Optional[int] = Options.attention_dim,
         dropout: float = 0.0,
     ) -> None:
         super().__init__(in_features, task_names)
-        if not task_layer_sizes:
-            raise ValueError("AITM needs non-empty task_layer_sizes")
+        if not task_layer_sizes or (attention_dim is not None and attention_dim < 1):
+            raise ValueError("AITM needs non-empty task_layer_sizes and attention_dim >= 1 (or None), "
+                             f"got {list(task_layer_sizes)} and {attention_dim}")
         width = task_layer_sizes[-1]
         later = self.task_names[1:]
         self.task_mlps = nn.ModuleDict({t: mlp(in_features, task_layer_sizes, dropout) for t in self.task_names})
         self.transfers = nn.ModuleDict({t: mlp(width, [width]) for t in later})
-        self.ait = nn.ModuleDict({t: AITModule(width, attention_dim or width) for t in later})
+        k = width if attention_dim is None else attention_dim
+        self.ait = nn.ModuleDict({t: AITModule(width, k) for t in later})
         self.out_features = width
 
     def forward(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:

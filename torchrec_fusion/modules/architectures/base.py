@@ -2,7 +2,7 @@
 
 import math
 from abc import ABC, abstractmethod
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ class _ReluDropout(torch.autograd.Function):
     both active and kept): two passes fewer than ReLU + dropout, and no float mask."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
         m = keep_mask(x.shape, p, x.device)
         m &= x > 0
         ctx.save_for_backward(m)
@@ -34,7 +34,7 @@ class _ReluDropout(torch.autograd.Function):
         return (x * m).mul_(ctx.scale)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> "tuple[torch.Tensor, None]":  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[torch.Tensor, None]:  # type: ignore[override]
         (m,) = ctx.saved_tensors
         return (grad * m).mul_(ctx.scale), None
 
@@ -57,7 +57,7 @@ def relu_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     """``nn.Dropout(p)(relu(x))`` with :func:`keep_mask` masks, fused (see :class:`ReluDropout`)."""
     if not training or p == 0:
         return torch.relu(x)
-    return _ReluDropout.apply(x, p)
+    return cast(torch.Tensor, _ReluDropout.apply(x, p))  # type: ignore[no-untyped-call]  # untyped in torch
 
 
 class ReluDropout(nn.Module):
@@ -91,7 +91,13 @@ class ReluDropout(nn.Module):
 
 def mlp(in_features: int, layer_sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
     """Linear + ReLU (+ dropout: :class:`ReluDropout` in its place) layers; an empty ``layer_sizes``
-    is the identity."""
+    is the identity. The MLP builder of the package (architectures, towers, fusion heads).
+
+    Example::
+
+        net = mlp(8, [16, 4], dropout=0.1)
+        assert net(torch.rand(2, 8)).shape == (2, 4) and len(mlp(8, [])) == 0
+    """
     layers: List[nn.Module] = []
     for size in layer_sizes:
         layers += [nn.Linear(in_features, size), ReluDropout(dropout) if dropout else nn.ReLU()]
@@ -130,7 +136,7 @@ class StackedExperts(nn.Module):
             d = h
         self.act = ReluDropout(dropout)  # after every layer (a plain ReLU when dropout is 0)
 
-    def expert_layer(self, expert: int, layer: int) -> "tuple[torch.Tensor, torch.Tensor]":
+    def expert_layer(self, expert: int, layer: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Expert ``expert``'s layer ``layer`` as ``nn.Linear`` holds it: (weight ``[out, in]``, bias ``[out]``)."""
         return self.weights[layer][expert].T, self.biases[layer][expert, 0]
 
@@ -138,7 +144,8 @@ class StackedExperts(nn.Module):
         """``[B, in]`` to ``[B, num_experts, out_features]``."""
         e, w0 = self.num_experts, self.weights[0]
         # every expert's first layer as one product, its bias added by addmm: [B, E*h1], expert-major
-        h = self.act(torch.addmm(self.biases[0].reshape(-1), x, w0.permute(1, 0, 2).reshape(w0.size(1), -1)))
+        first = torch.addmm(self.biases[0].reshape(-1), x, w0.permute(1, 0, 2).reshape(w0.size(1), -1))
+        h: torch.Tensor = self.act(first)
         if len(self.weights) == 1:
             return h.view(x.size(0), e, -1)
         h = h.view(x.size(0), e, -1).transpose(0, 1)  # [E, B, h1]

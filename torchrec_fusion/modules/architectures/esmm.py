@@ -62,11 +62,13 @@ class ESMMArch(SingleTaskArch):
         assert torch.allclose(arch.cvr_probability(), torch.full((4,), 0.5))
     """
 
+    Options = SingleTaskArch.Options
+
     def __init__(
         self,
         in_features: int,
         task_names: Sequence[str],
-        task_layer_sizes: Sequence[int] = (256, 128),
+        task_layer_sizes: Sequence[int] = (128, 64),
         dropout: float = 0.0,
     ) -> None:
         if len(task_names) != 2:

@@ -1,6 +1,7 @@
 """MMoE: shared experts mixed by one softmax gate per task (Ma et al., KDD 2018)."""
 
-from typing import Dict, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -30,12 +31,20 @@ class MMoEArch(MultiTaskArch):
         assert torch.allclose(arch.gate_weights()["a"].sum(1), torch.ones(4))
     """
 
+    @dataclass(frozen=True)
+    class Options:
+        """MMoE's options (``arch_options``)."""
+
+        num_experts: int = field(default=4, metadata={"help": "shared experts"})
+        expert_layer_sizes: List[int] = field(default_factory=lambda: [128, 64],
+                                              metadata={"help": "hidden sizes of each expert"})
+
     def __init__(
         self,
         in_features: int,
         task_names: Sequence[str],
-        num_experts: int = 4,
-        expert_layer_sizes: Sequence[int] = (256, 128),
+        num_experts: int = Options.num_experts,
+        expert_layer_sizes: Sequence[int] = (128, 64),
         dropout: float = 0.0,
     ) -> None:
         super().__init__(in_features, task_names)

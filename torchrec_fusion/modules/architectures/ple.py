@@ -1,6 +1,7 @@
 """PLE: progressive layered extraction with shared and task-specific experts (Tang et al., RecSys 2020)."""
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ class ExtractionLevel(nn.Module):
     ) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor], Dict[str, torch.Tensor]]:
         """Returns (per-task outputs, next shared input or None, per-task gate weights)."""
         shared = [e(shared_input) for e in self.shared_experts]
-        own = {t: [e(task_inputs[t]) for e in experts] for t, experts in self.task_experts.items()}
+        own = {t: [e(task_inputs[t]) for e in cast(nn.ModuleList, experts)] for t, experts in self.task_experts.items()}
         out, gates = {}, {}
         for t, gate in self.task_gates.items():
             w = torch.softmax(gate(task_inputs[t]), dim=1)
@@ -56,6 +57,23 @@ class ExtractionLevel(nn.Module):
             w = torch.softmax(self.shared_gate(shared_input), dim=1)
             next_shared = torch.bmm(w.unsqueeze(1), torch.stack(every, dim=1)).squeeze(1)
         return out, next_shared, gates
+
+
+@dataclass(frozen=True)
+class CGCOptions:
+    """The options (``arch_options``) of CGC, and of every PLE level."""
+
+    num_shared_experts: int = field(default=2, metadata={"help": "shared experts per level"})
+    num_task_experts: int = field(default=1, metadata={"help": "experts per task per level"})
+    expert_layer_sizes: List[int] = field(default_factory=lambda: [128, 64],
+                                          metadata={"help": "hidden sizes of each expert"})
+
+
+@dataclass(frozen=True)
+class PLEOptions(CGCOptions):
+    """PLE's options (``arch_options``): CGC's and the number of levels."""
+
+    num_levels: int = field(default=2, metadata={"help": "extraction levels (1 is CGC)"})
 
 
 class PLEArch(MultiTaskArch):
@@ -86,14 +104,16 @@ class PLEArch(MultiTaskArch):
         assert out["a"].shape == (4, 16) and arch.gate_weights()["b"].shape == (4, 3)
     """
 
+    Options: ClassVar[type] = PLEOptions  # a type, not PLEOptions: CGC's are PLE's without num_levels
+
     def __init__(
         self,
         in_features: int,
         task_names: Sequence[str],
-        num_levels: int = 2,
-        num_shared_experts: int = 2,
-        num_task_experts: int = 1,
-        expert_layer_sizes: Sequence[int] = (256, 128),
+        num_levels: int = PLEOptions.num_levels,
+        num_shared_experts: int = PLEOptions.num_shared_experts,
+        num_task_experts: int = PLEOptions.num_task_experts,
+        expert_layer_sizes: Sequence[int] = (128, 64),
         dropout: float = 0.0,
     ) -> None:
         super().__init__(in_features, task_names)
@@ -108,7 +128,7 @@ class PLEArch(MultiTaskArch):
         self.out_features = expert_layer_sizes[-1]
 
     def forward(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
-        inputs, shared = {t: features for t in self.task_names}, features
+        inputs, shared = dict.fromkeys(self.task_names, features), features
         gates: Dict[str, torch.Tensor] = {}
         for level in self.levels:
             inputs, shared, gates = level(inputs, shared)
@@ -134,13 +154,15 @@ class CGCArch(PLEArch):
         assert len(arch.levels) == 1 and arch.gate_weights()["a"].shape == (4, 3)
     """
 
+    Options = CGCOptions
+
     def __init__(
         self,
         in_features: int,
         task_names: Sequence[str],
-        num_shared_experts: int = 2,
-        num_task_experts: int = 1,
-        expert_layer_sizes: Sequence[int] = (256, 128),
+        num_shared_experts: int = CGCOptions.num_shared_experts,
+        num_task_experts: int = CGCOptions.num_task_experts,
+        expert_layer_sizes: Sequence[int] = (128, 64),
         dropout: float = 0.0,
     ) -> None:
         super().__init__(in_features, task_names, 1, num_shared_experts, num_task_experts, expert_layer_sizes,

@@ -1,6 +1,7 @@
 """Shared-bottom: one MLP shared by all tasks (Caruana 1997)."""
 
-from typing import Dict, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
 
 import torch
 
@@ -23,11 +24,18 @@ class SharedBottomArch(MultiTaskArch):
         assert out["a"].shape == (4, 16) and out["a"] is out["b"]
     """
 
+    @dataclass(frozen=True)
+    class Options:
+        """Shared-bottom's options (``arch_options``)."""
+
+        bottom_layer_sizes: List[int] = field(default_factory=lambda: [128, 64],
+                                                    metadata={"help": "hidden sizes of the shared MLP"})
+
     def __init__(
         self,
         in_features: int,
         task_names: Sequence[str],
-        bottom_layer_sizes: Sequence[int] = (256, 128),
+        bottom_layer_sizes: Sequence[int] = (128, 64),
         dropout: float = 0.0,
     ) -> None:
         super().__init__(in_features, task_names)
@@ -36,4 +44,4 @@ class SharedBottomArch(MultiTaskArch):
 
     def forward(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
         shared = self.bottom(features)
-        return {t: shared for t in self.task_names}
+        return dict.fromkeys(self.task_names, shared)

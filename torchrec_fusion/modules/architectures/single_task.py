@@ -1,6 +1,7 @@
 """Single-task baseline: one independent MLP per task, no sharing in the dense part."""
 
-from typing import Dict, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -29,11 +30,18 @@ class SingleTaskArch(MultiTaskArch):
         assert out["a"].shape == (4, 16) and arch.gate_weights() is None
     """
 
+    @dataclass(frozen=True)
+    class Options:
+        """The options (``arch_options``) of the single-task baseline, and of ESMM."""
+
+        task_layer_sizes: List[int] = field(default_factory=lambda: [128, 64],
+                                                  metadata={"help": "hidden sizes of each task's MLP"})
+
     def __init__(
         self,
         in_features: int,
         task_names: Sequence[str],
-        task_layer_sizes: Sequence[int] = (256, 128),
+        task_layer_sizes: Sequence[int] = (128, 64),
         dropout: float = 0.0,
     ) -> None:
         super().__init__(in_features, task_names)

@@ -1,0 +1,228 @@
+"""The training loop over epochs: pipeline steps, checkpoints, NaN checks and an evaluation after
+every epoch, all reading and writing one :class:`TrainState`."""
+
+import itertools
+import os
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from torchrec_fusion.distributed.buffers import average_buffers, replicated_float_buffers
+from torchrec_fusion.distributed.launcher import DistContext
+from torchrec_fusion.distributed.sharding import describe_plan
+from torchrec_fusion.evaluation.gates import GateStats
+from torchrec_fusion.evaluation.metrics import task_metrics
+from torchrec_fusion.fusion.head import FusionHead
+from torchrec_fusion.modules.model import FUSED_TASK
+from torchrec_fusion.training.checkpoint import save_checkpoint, step_name
+from torchrec_fusion.training.config import TrainConfig
+from torchrec_fusion.training.evaluate import evaluate
+from torchrec_fusion.training.session import Started, generators
+from torchrec_fusion.training.state import Evaluation, TrainState
+
+Log = Callable[[str], None]
+TaskLosses = Dict[str, List[torch.Tensor]]
+
+
+def all_finite(losses: List[torch.Tensor], ctx: DistContext) -> bool:
+    """Whether every rank's losses are finite (a collective: every rank calls it at the same step)."""
+    ok = torch.tensor([float(torch.stack(losses).isfinite().all()) if losses else 1.0])
+    if ctx.world_size > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() == 1.0)
+
+
+def mean_over_ranks(values: List[torch.Tensor], ctx: DistContext) -> List[float]:
+    """Each value averaged over the ranks (a collective)."""
+    if not values:
+        return []
+    t = torch.stack(values).float()
+    if ctx.world_size > 1:
+        dist.all_reduce(t)
+        t /= ctx.world_size
+    out: List[float] = t.tolist()
+    return out
+
+
+def _nan_error(where: str) -> FloatingPointError:
+    return FloatingPointError(f"training loss became NaN/inf {where}; the last good checkpoint is kept untouched; "
+                              "lower the learning rates or check the data")
+
+
+class TrainLoop:
+    """Trains ``started``'s model for ``config.epochs`` from ``state`` (a fresh one or a checkpoint's).
+
+    After :meth:`run`, ``state`` holds the whole run's history and losses, ``predictions`` and
+    ``labels`` the last evaluation's, and ``samples_per_second`` the training throughput."""
+
+    def __init__(self, config: TrainConfig, started: Started, state: TrainState, log: Log) -> None:
+        self.config, self.ctx, self.state, self.log = config, started.ctx, state, log
+        self.session, self.eval_data = started.session, started.prepared.eval
+        self.train_data = started.prepared.train
+        self.dmp = started.session.dmp
+        self.steps_per_epoch = self.train_data.num_batches(config.batch_size, self.ctx.world_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train_data)} training rows make no batch of {config.batch_size} x "
+                             f"{self.ctx.world_size} ranks")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.ckpt_root = os.path.join(config.output_dir, "checkpoints") if config.output_dir else None
+        if config.checkpoint_every and not self.ckpt_root:
+            raise ValueError("--checkpoint-every needs --output-dir (checkpoints go to OUT/checkpoints)")
+        tasks = [t.name for t in self.session.model.tasks]
+        self.task_keys = tasks + (["fused"] if self.session.model.fusion is not None else [])
+        self.replicated = replicated_float_buffers(self.dmp) if self.ctx.world_size > 1 else []
+        self.predictions: Dict[str, torch.Tensor] = {}
+        self.labels: Dict[str, torch.Tensor] = {}
+        self.train_seconds, self.samples = 0.0, 0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.train_seconds if self.train_seconds else 0.0
+
+    def run(self) -> None:
+        """Every remaining epoch, the final evaluation and the final checkpoint."""
+        partial = False
+        for epoch in range(self.state.epoch, self.config.epochs):
+            done = self._epoch(epoch)
+            if done is None:
+                break
+            if not done:
+                partial = True
+                break
+        if self.state.evaluated_at != self.state.step or not self.predictions:  # mid-epoch stop, or resumed at the end
+            self.evaluate_now(self.state.step / self.steps_per_epoch)
+        if self.ckpt_root and self.config.save_model and not os.path.isdir(
+                os.path.join(self.ckpt_root, step_name(self.state.step))):
+            if not partial:
+                self.state.epoch, self.state.batch_in_epoch = divmod(self.state.step, self.steps_per_epoch)
+            self.save()
+        if partial:  # the partial epoch's losses count in the result
+            self.state.finish_epoch()
+
+    def _epoch(self, epoch: int) -> Optional[bool]:
+        """One epoch from the state's position: True when it ended (and was evaluated), False when it
+        stopped inside (max_steps), None when no step was left to run."""
+        state, config = self.state, self.config
+        start = state.batch_in_epoch if epoch == state.epoch else 0
+        n = min(self.steps_per_epoch - start, self.total_steps - state.step)
+        if n <= 0:
+            return None
+        if start == 0:  # a fresh epoch (a resumed one keeps the losses of its first part)
+            state.epoch_losses, state.epoch_task_losses = [], {}
+        state.epoch = epoch
+        self.dmp.train()
+        it = itertools.islice(self.train_data.batches(
+            config.batch_size, shuffle=True, seed=config.seed, epoch=epoch, rank=self.ctx.rank,
+            world_size=self.ctx.world_size, start=start), n)
+        losses, task_losses = self._steps(it, epoch, start)
+        if not all_finite(losses, self.ctx):
+            raise _nan_error(f"in epoch {epoch + 1} (by step {state.step})")
+        self._record(losses, task_losses, start)
+        if start + n < self.steps_per_epoch:  # stopped inside the epoch (max_steps): saved as a partial epoch
+            state.batch_in_epoch = start + n
+            return False
+        train_loss = sum(state.epoch_losses) / len(state.epoch_losses)
+        state.finish_epoch()
+        state.batch_in_epoch = 0
+        entry = self.evaluate_now(epoch + 1)
+        entry.train_loss = train_loss
+        self._log_epoch(entry)
+        return True
+
+    def _record(self, losses: List[torch.Tensor], task_losses: TaskLosses, start: int) -> None:
+        """The epoch's losses so far (this part's, averaged over ranks, after the part before ``start``)."""
+        prior, prior_tasks = self.state.epoch_losses, self.state.epoch_task_losses
+        self.state.epoch_losses = prior + mean_over_ranks(losses, self.ctx)
+        self.state.epoch_task_losses = {k: prior_tasks.get(k, []) + mean_over_ranks(v, self.ctx)
+                                        for k, v in task_losses.items()}
+
+    def _steps(self, it: Iterator[Any], epoch: int, start: int) -> Tuple[List[torch.Tensor], TaskLosses]:
+        """Runs the pipeline over ``it``, checkpointing every ``checkpoint_every`` global steps."""
+        config, state = self.config, self.state
+        bar = self._progress_bar(epoch, start)
+        losses: List[torch.Tensor] = []
+        task_losses: TaskLosses = {k: [] for k in self.task_keys}
+        prior, prior_tasks = list(state.epoch_losses), dict(state.epoch_task_losses)
+        t0 = time.perf_counter()
+        for loss in self._losses(it):
+            losses.append(loss)
+            for k, v in self.session.module.last_task_losses.items():
+                task_losses.setdefault(k, []).append(v)
+            state.step += 1
+            if bar is not None:
+                bar.update(1)
+            if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                if not all_finite(losses, self.ctx):
+                    raise _nan_error(f"before step {state.step} (epoch {epoch + 1})")
+                state.epoch_losses, state.epoch_task_losses = prior, prior_tasks
+                self._record(losses, task_losses, start)
+                state.batch_in_epoch = start + len(losses)
+                self.save()
+                state.epoch_losses, state.epoch_task_losses = prior, prior_tasks
+        self.train_seconds += time.perf_counter() - t0
+        self.samples += len(losses) * config.batch_size * self.ctx.world_size
+        if bar is not None:
+            bar.close()
+        return losses, task_losses
+
+    def _losses(self, it: Iterator[Any]) -> Iterator[torch.Tensor]:
+        pipeline = self.session.pipeline
+        while True:
+            try:
+                loss, _, _ = pipeline.progress(it)
+            except StopIteration:
+                return
+            average_buffers(self.replicated)  # running statistics stay equal on every rank
+            yield loss
+
+    def _progress_bar(self, epoch: int, start: int) -> Any:
+        if not (self.ctx.is_main and self.config.progress):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                    unit="batch", leave=False, dynamic_ncols=True)
+
+    def evaluate_now(self, epoch: float) -> Evaluation:
+        """Evaluates the model on the held-out split and records it in the history."""
+        gate_stats = GateStats()
+        self.predictions, self.labels = evaluate(self.session.pipeline, self.dmp, self.eval_data, self.ctx,
+                                                 self.config.eval_batch_size, gate_stats)
+        module = self.session.module
+        entry = Evaluation(epoch=epoch, step=self.state.step,
+                           tasks=task_metrics(module.tasks, self.predictions, self.labels),
+                           gates=gate_stats.result(), task_weights=module.balancer.task_weights())
+        if isinstance(module.fusion, FusionHead):
+            entry.fused = {**task_metrics([FUSED_TASK], self.predictions, self.labels)["fused"],
+                           **module.fusion.describe()}
+        history = self.state.history
+        if history and history[-1].step == self.state.step:  # resumed at the very end: the same model again
+            entry.epoch, entry.train_loss = history[-1].epoch, history[-1].train_loss
+            history[-1] = entry
+        else:
+            history.append(entry)
+        return entry
+
+    def save(self) -> None:
+        """A checkpoint of the model, the optimizers and the state at the current step."""
+        assert self.ckpt_root is not None
+        payload = {**self.state.to_payload(), "config": self.config.to_dict(),
+                   "plan": describe_plan(self.session.plan)}
+        path = save_checkpoint(self.ckpt_root, self.state.step, self.dmp, self.session.optimizer, payload,
+                               keep=self.config.keep_checkpoints,
+                               extra={"generators": {k: g.get_state() for k, g in generators(self.dmp).items()}})
+        self.log(f"checkpoint: {path}")
+
+    def _log_epoch(self, entry: Evaluation) -> None:
+        shown = {**entry.tasks, **({"fused": entry.fused} if entry.fused is not None else {})}
+        self.log(f"epoch {int(entry.epoch)}/{self.config.epochs} train_loss={entry.train_loss:.4f} " + " ".join(
+            f"{t}:" + ",".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+            for t, m in shown.items()))
+        if entry.gates:
+            self.log("  gates: " + "  ".join(
+                f"{t}=[{' '.join(f'{w:.2f}' for w in g['mean_weight'])}] H={g['normalised_entropy']:.2f}"
+                + (" COLLAPSED" if g["collapsed"] else "") for t, g in entry.gates.items()))
