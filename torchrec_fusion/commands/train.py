@@ -137,5 +137,6 @@ class Train(Command):
             return 0
         shown = {**result.tasks, **({"fused": result.fused} if result.fused else {})}
         summary = {t: {k: round(v, 4) for k, v in m.items() if isinstance(v, float)} for t, m in shown.items()}
+        summary = {t: m for t, m in summary.items() if m}  # tasks without scored rows (interaction) left out
         print(f"final ({result.eval_split}): {summary}  samples/s={result.samples_per_second:.0f}")
         return 0

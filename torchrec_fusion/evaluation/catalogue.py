@@ -78,7 +78,7 @@ def catalogue_task(train: MultiTaskData, test: MultiTaskData, num_items: int, re
     g = torch.Generator().manual_seed(seed)
     noise = torch.rand(positives.shape, generator=g)
     heldout = torch.where(positives, noise, torch.full_like(noise, -1.0)).argmax(1)
-    has = positives.any(1)
+    has = positives.any(1) & seen.any(1)  # a user without training rows has no row to score items with
     return CatalogueTask(users[has], positives[has], seen[has], heldout[has])
 
 

@@ -190,8 +190,10 @@ def _table(rows: Mapping[str, Any]) -> List[str]:
     if not cols:
         return []
     out = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, m in rows.items():
-        m = _metrics(m)
+    for name, row in rows.items():
+        m = _metrics(row)
+        if _dict(row).get("baseline") is True:
+            name = f"{name} (baseline)"
         out.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" if c in m else "-" for c in cols) + " |")
     return out + [""]
 

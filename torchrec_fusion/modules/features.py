@@ -1,6 +1,6 @@
 """Feature arch: pooled embeddings and dense features into one vector per sample."""
 
-from typing import List, Sequence, cast
+from typing import Dict, List, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -67,16 +67,24 @@ class FeatureArch(nn.Module):
         return cast(List[str], self.sparse_arch.sparse_feature_names)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        return self.forward_pooled(dense_features, sparse_features)[0]
+
+    def forward_pooled(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
+                       ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The feature vector and the pooled embedding of each feature by name (one EBC lookup for
+        both: a retrieval head reads the pooled embeddings)."""
         dense = self.dense_arch(dense_features)
         if self.interaction_arch is None:
             # the pooled embeddings by feature name (a sharded EBC orders its columns its own way),
             # written once into the feature vector: no [B, F, D] stack first
-            pooled = self.sparse_arch.embedding_bag_collection(sparse_features).to_dict()
+            pooled: Dict[str, torch.Tensor] = self.sparse_arch.embedding_bag_collection(sparse_features).to_dict()
             out = torch.cat([dense] + [pooled[name] for name in self.feature_names], dim=1)
             if self.embedding_l2 and self.training:
                 self.penalty = self.embedding_l2 * out[:, dense.size(1):].pow(2).sum(1).mean()
-            return out
-        sparse = self.sparse_arch(sparse_features)  # B x F x D
+            return out, pooled
+        sparse = self.sparse_arch(sparse_features)  # B x F x D, in feature_names order
         if self.embedding_l2 and self.training:
             self.penalty = self.embedding_l2 * sparse.pow(2).sum(dim=(1, 2)).mean()
-        return torch.cat([dense, sparse.flatten(1), self.interaction_arch(dense, sparse)[:, dense.size(1):]], dim=1)
+        pooled = {name: sparse[:, i] for i, name in enumerate(self.feature_names)}
+        out = torch.cat([dense, sparse.flatten(1), self.interaction_arch(dense, sparse)[:, dense.size(1):]], dim=1)
+        return out, pooled

@@ -87,3 +87,8 @@ class MultiTaskModule(nn.Module, ABC):
     def shared_parameters(self) -> List[nn.Parameter]:
         """The dense parameters every task's loss flows through, which gradient-based loss
         balancing acts on (empty: none)."""
+
+    def retrieval_vectors(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The user and item vectors ``[B, d]`` of the last forward's rows when the model has a
+        retrieval head (:class:`~torchrec_fusion.modules.retrieval.RetrievalArch`), else None."""
+        return None

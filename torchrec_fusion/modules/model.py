@@ -10,9 +10,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_fusion.data.batch import MultiTaskBatch
 from torchrec_fusion.losses import FixedWeights, LossBalancer, task_loss, task_losses
+from torchrec_fusion.losses.retrieval import RetrievalLoss
 from torchrec_fusion.modules.architectures import MultiTaskArch, build_architecture
 from torchrec_fusion.modules.features import FeatureArch
 from torchrec_fusion.modules.interface import MultiTaskModule
+from torchrec_fusion.modules.retrieval import RetrievalArch
 from torchrec_fusion.modules.towers import TaskTowers
 from torchrec_fusion.tasks import TaskKind, TaskSpec, check_tasks
 
@@ -74,6 +76,7 @@ class MultiTaskModel(MultiTaskModule):
         dropout: float = 0.0,
         embedding_l2: float = 0.0,
         precision: str = "fp32",
+        retrieval: Optional[RetrievalArch] = None,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -91,6 +94,8 @@ class MultiTaskModel(MultiTaskModule):
             self.task_arch = build_architecture(arch, self.feature_arch.out_features, names, dropout=arch_dropout,
                                                 options=options)
         self.towers = TaskTowers(self.task_arch.out_features, self.tasks, tower_layer_sizes, dropout)
+        self.retrieval = retrieval
+        self._retrieval_vectors: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def forward_with_features(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
                               ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
@@ -98,13 +103,22 @@ class MultiTaskModel(MultiTaskModule):
         dtype = PRECISIONS[self.precision]
         # TrainPipelineSparseDist traces the model only to find its inputs: no autocast then
         if dtype is None or is_fx_symbolic_tracing():
-            features = self.feature_arch(dense_features, sparse_features)
-            return self.task_arch.combine_outputs(self.towers(self.task_arch(features))), features
-        with torch.autocast(dense_features.device.type, dtype=dtype):
-            features = self.feature_arch(dense_features, sparse_features)
-            # cast once here: the experts and the gates would each cast the fp32 embeddings again
-            outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features.to(dtype))))
-        return {k: v.float() for k, v in outputs.items()}, features.float()
+            features, pooled = self.feature_arch.forward_pooled(dense_features, sparse_features)
+            outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features)))
+        else:
+            with torch.autocast(dense_features.device.type, dtype=dtype):
+                features, pooled = self.feature_arch.forward_pooled(dense_features, sparse_features)
+                # cast once here: the experts and the gates would each cast the fp32 embeddings again
+                outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features.to(dtype))))
+            outputs, features = {k: v.float() for k, v in outputs.items()}, features.float()
+        if self.retrieval is not None:  # outside autocast: fp32 dot products, compared over the catalogue
+            user, item = self.retrieval(pooled, self.retrieval.bag_lengths(sparse_features),
+                                        self.retrieval.bias_ids(sparse_features))
+            self._retrieval_vectors = (user, item)  # the score is their dot product (MultiTaskTrain)
+        return outputs, features
+
+    def retrieval_vectors(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        return self._retrieval_vectors
 
     @property
     def feature_dim(self) -> int:
@@ -185,9 +199,10 @@ class MultiTaskTrain(nn.Module):
 
     def __init__(self, model: MultiTaskModule, balancer: Optional[LossBalancer] = None,
                  fusion: Optional[nn.Module] = None, fusion_target: Optional[str] = None,
-                 fusion_loss_weight: float = 1.0) -> None:
+                 fusion_loss_weight: float = 1.0, retrieval_loss: Optional[RetrievalLoss] = None) -> None:
         super().__init__()
         self.model = model
+        self.retrieval_loss = retrieval_loss
         self.tasks = model.tasks
         self.balancer = balancer if balancer is not None else FixedWeights(self.tasks)
         self.balancer.bind(model.shared_parameters)
@@ -219,6 +234,14 @@ class MultiTaskTrain(nn.Module):
         preds = {k: v.detach() for k, v in to_predictions(self.tasks, outputs).items()}
         labels_t = torch.where(m, y, torch.full_like(y, float("nan")))
         labels = {t.name: labels_t[:, j] for j, t in enumerate(self.tasks)}
+        vectors = self.model.retrieval_vectors()
+        if vectors is not None:
+            user, item = vectors
+            if self.retrieval_loss is not None and self.training:
+                losses[RETRIEVAL] = self.retrieval_loss(user, item, batch, self.tasks)
+                loss = loss + self.retrieval_loss.weight * losses[RETRIEVAL]
+            preds[RETRIEVAL] = (user * item).sum(dim=1).detach()
+            labels[RETRIEVAL] = torch.where(m.any(1), torch.ones_like(y[:, 0]), torch.full_like(y[:, 0], float("nan")))
         if self.fusion is not None:
             j = self._fusion_col
             fused = self.fusion(preds, features)
@@ -230,3 +253,4 @@ class MultiTaskTrain(nn.Module):
 
 
 FUSED_TASK = TaskSpec("fused", TaskKind.BINARY)
+RETRIEVAL = "retrieval"  # the output (and loss) of a retrieval head: the user-item dot product

@@ -83,6 +83,12 @@ class TrainConfig:
     tasks: Optional[List[str]] = None
     validation_fraction: float = 0.0  # > 0: carve a validation split from train and evaluate on it
     history_length: int = 64  # > 0: add user_history / item_audience bags of up to this many ids
+    # > 0: K sampled items per training row the user never interacted with, as rows of an entire-space
+    # binary task "interaction" (1 on observed rows, 0 on sampled ones; every other task masked there)
+    negatives: int = 0
+    negative_sampling: str = "uniform"  # or "popularity": q(item) ~ count(item)^negative_alpha
+    negative_alpha: float = 1.0
+    history_liked: Optional[str] = None  # a binary task: each row also gets a user_liked bag (its label 1)
     # model: the architecture's own options (num_experts, ...) are in ``arch_options``
     arch: str = "mmoe"
     arch_options: Dict[str, Any] = field(default_factory=dict)
@@ -93,6 +99,15 @@ class TrainConfig:
     dropout: float = 0.5
     embedding_l2: float = 0.0
     precision: str = "fp32"  # bf16: the dense part under torch.autocast (see MultiTaskModel)
+    # a retrieval head: user and item towers over the shared tables (their pooled embeddings summed,
+    # history bags scaled by 1/sqrt(length)), a softmax over in-batch and sampled items with log-Q
+    retrieval: bool = False
+    retrieval_user_features: Optional[List[str]] = None  # default: the user_history / user_liked bags
+    retrieval_item_features: Optional[List[str]] = None  # default: ["item"]
+    retrieval_layer_sizes: List[int] = field(default_factory=list)  # each tower's MLP (none: sums only)
+    retrieval_item_bias: bool = True
+    retrieval_loss_weight: float = 1.0
+    retrieval_temperature: float = 1.0
     # optimisation
     epochs: int = 12
     batch_size: int = 256

@@ -10,9 +10,17 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from torchrec_fusion.data.types import BatchSource
 from torchrec_fusion.distributed.launcher import DistContext
-from torchrec_fusion.evaluation.catalogue import CatalogueTask, candidate_chunks, catalogue_report, catalogue_task
+from torchrec_fusion.evaluation.baselines import baseline_scores
+from torchrec_fusion.evaluation.catalogue import (
+    CatalogueTask,
+    candidate_chunks,
+    catalogue_report,
+    catalogue_task,
+    relevant_rows,
+)
 from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.fusion.rank_aggregation import aggregate_lists
+from torchrec_fusion.modules.model import RETRIEVAL
 from torchrec_fusion.training.config import TrainConfig
 from torchrec_fusion.training.prepare import PreparedData
 from torchrec_fusion.training.session import train_module
@@ -86,7 +94,7 @@ def rank_catalogue(pipeline: TrainPipelineSparseDist, model: nn.Module, prepared
     if prepared.candidates is None:
         raise ValueError(f"--ranking-eval needs a dataset that can build candidate rows (movielens), "
                          f"not {config.dataset!r}")
-    train, evald = prepared.train.in_memory_rows(), prepared.eval.in_memory_rows()
+    train, evald = prepared.splits["train"].in_memory_rows(), prepared.eval.in_memory_rows()
     if train is None or evald is None:
         raise ValueError("--ranking-eval needs the training and evaluation rows in memory (not stream: true)")
     if config.ranking_relevance not in evald.task_names:
@@ -98,6 +106,12 @@ def rank_catalogue(pipeline: TrainPipelineSparseDist, model: nn.Module, prepared
         for name, p in preds.items():
             if p.dim() == 1:  # one score per row (multiclass outputs are not ranked)
                 scores.setdefault(name, torch.empty(task.positives.shape))[rows_of] = p.view(-1, task.num_items)
+    relevance = config.ranking_relevance
+    if RETRIEVAL in scores and relevance in scores:  # the chain: P(interaction) x P(relevant | interaction)
+        scores[f"{RETRIEVAL}_x_{relevance}"] = scores[RETRIEVAL] + scores[relevance].clamp_min(1e-12).log()
     fused = aggregate_lists({n: scores[n] for n in task_names if n in scores}, unlisted=task.seen)
-    report = catalogue_report({**scores, **fused}, task, config.ranking_k, seed=config.seed)
+    base, info = baseline_scores(train, task, relevant_rows(train, config.ranking_relevance), config.seed)
+    report = catalogue_report({**scores, **fused, **base}, task, config.ranking_k, seed=config.seed, baselines=base)
+    for name, value in info.items():  # the EASE lambda chosen on the training rows, or why EASE was skipped
+        report.setdefault("ease", {})[name] = value
     return report, scores, task

@@ -8,11 +8,14 @@ from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from torchrec_fusion.data.negatives import NegativeSampledData
 from torchrec_fusion.fusion.head import FusionHead
 from torchrec_fusion.losses import build_balancer
+from torchrec_fusion.losses.retrieval import RetrievalLoss, mixture_log_q
 from torchrec_fusion.modules.ensemble import DLRMMember, ModelEnsemble
 from torchrec_fusion.modules.interface import MultiTaskModule
 from torchrec_fusion.modules.model import MultiTaskModel, MultiTaskTrain
+from torchrec_fusion.modules.retrieval import RetrievalArch
 from torchrec_fusion.tasks import TaskKind, TaskSpec
 from torchrec_fusion.training.config import TrainConfig
 
@@ -81,12 +84,43 @@ def build_model(config: TrainConfig, data: ModelSchema, arch: str, device: str =
         dropout=config.dropout,
         embedding_l2=config.embedding_l2,
         precision=config.precision,
+        retrieval=build_retrieval(config, data) if config.retrieval else None,
     )
     means = data.label_means()
     for j, t in enumerate(data.tasks):
         if t.kind == TaskKind.REGRESSION and not torch.isnan(means[j]):
             model.set_output_bias(t.name, float(means[j]))
     return model
+
+
+_BAGS = ("user_history", "user_liked")
+
+
+def build_retrieval(config: TrainConfig, data: ModelSchema) -> RetrievalArch:
+    """The retrieval head of ``config`` over ``data``'s features (by default the user's history bags
+    against the item id, the bags sqrt-pooled)."""
+    users = config.retrieval_user_features or [f for f in _BAGS if f in data.feature_names]
+    items = config.retrieval_item_features or ["item"]
+    missing = sorted(set(users + items) - set(data.feature_names))
+    if not users or missing:
+        raise ValueError(f"retrieval towers need features of the data {data.feature_names}: user side {users}, "
+                         f"item side {items} (history bags need history_length > 0)")
+    item_bias = "item" if config.retrieval_item_bias and "item" in items else None
+    return RetrievalArch(users, items, config.embedding_dim, config.retrieval_layer_sizes,
+                         sqrt_pooled=[f for f in users + items if f in _BAGS], item_bias_feature=item_bias,
+                         num_items=data.num_embeddings.get("item", 0))
+
+
+def build_retrieval_loss(config: TrainConfig, data: ModelSchema) -> RetrievalLoss:
+    """The retrieval loss, its log-Q table from the training rows' item shares and the sampler's."""
+    n = data.num_embeddings["item"]
+    extras: Dict[str, torch.Tensor] = getattr(data, "extras", {})
+    counts = torch.bincount(extras["item"].long(), minlength=n).double() if "item" in extras else torch.ones(n)
+    sampler = data.sampler if isinstance(data, NegativeSampledData) else None
+    batch, sampled = config.batch_size, config.batch_size * config.negatives
+    log_q = mixture_log_q(torch.arange(n), counts / counts.sum(), None if sampler is None else
+                          sampler.probabilities().double(), batch, sampled if sampler is not None else 0)
+    return RetrievalLoss(log_q, "item", config.retrieval_loss_weight, config.retrieval_temperature)
 
 
 def _member_names(ensemble: Sequence[str]) -> List[str]:
@@ -112,4 +146,5 @@ def build_train_model(config: TrainConfig, data: ModelSchema, device: str = "met
         fusion = FusionHead(config.fusion, [t.name for t in model.tasks], model.feature_dim,
                             options=config.member_options("fusion"))
     balancer = build_balancer(config.balancing, model.tasks, options=config.member_options("balancing"))
-    return MultiTaskTrain(model, balancer, fusion, target, config.fusion_loss_weight)
+    retrieval = build_retrieval_loss(config, data) if config.retrieval and not config.ensemble else None
+    return MultiTaskTrain(model, balancer, fusion, target, config.fusion_loss_weight, retrieval)

@@ -15,7 +15,7 @@ from torchrec_fusion.distributed.launcher import launch
 from torchrec_fusion.distributed.sharding import describe_plan
 from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.evaluation.metrics import task_metrics
-from torchrec_fusion.modules.model import FUSED_TASK
+from torchrec_fusion.modules.model import FUSED_TASK, RETRIEVAL
 from torchrec_fusion.tasks import TaskKind
 from torchrec_fusion.training.checkpoint import CheckpointError, latest_checkpoint
 from torchrec_fusion.training.config import TrainConfig, read_config_file
@@ -65,13 +65,18 @@ def evaluate_run(run_dir: str, split: Optional[str] = None, world_size: int = 1,
     return result
 
 
-def _ranked_by(session: Session, by: Optional[str]) -> Tuple[List[str], str]:
-    """The scores a recommendation shows (every non-multiclass task, and the fused score) and the
-    one it ranks by (default: fused, else the first binary task)."""
+def _ranked_by(session: Session, by: Optional[str], relevance: str) -> Tuple[List[str], str]:
+    """The scores a recommendation shows (every non-multiclass task, the fused score, the retrieval
+    score and its chain with the relevance task) and the one it ranks by (default: the chain, else
+    fused, else the first binary task)."""
     binary = [t.name for t in session.model.tasks if t.kind == TaskKind.BINARY]
     scored = [t.name for t in session.model.tasks if t.kind != TaskKind.MULTICLASS]
     shown = scored + (["fused"] if session.model.fusion is not None else [])
-    by = by or ("fused" if session.model.fusion is not None else (binary or scored)[0])
+    chain = None
+    if getattr(session.model.model, "retrieval", None) is not None:
+        chain = f"{RETRIEVAL}_x_{relevance}" if relevance in binary else None
+        shown += [RETRIEVAL] + ([chain] if chain else [])
+    by = by or chain or ("fused" if session.model.fusion is not None else (binary or scored)[0])
     if by not in shown:
         raise ValueError(f"--by {by!r}: rank by one of {shown}")
     return shown, by
@@ -133,7 +138,7 @@ def _recommend_rank(config: TrainConfig, checkpoint: str, users: Sequence[int], 
     if prepared.candidates is None or prepared.loaded is None:
         raise ValueError(f"dataset {config.dataset!r} cannot build candidate rows for recommendations (a table "
                          "needs user_column, item_column and item_features in its spec)")
-    shown, by = _ranked_by(session, by)
+    shown, by = _ranked_by(session, by, config.ranking_relevance)
     item_ids = prepared.loaded.item_ids
     items = (torch.arange(len(item_ids)) if item_ids is not None
              else torch.unique(prepared.splits["train"].extras["item"].long()))
@@ -144,7 +149,10 @@ def _recommend_rank(config: TrainConfig, checkpoint: str, users: Sequence[int], 
         u = idx[c:c + users_per_chunk]
         rows = prepared.candidates(u.repeat_interleave(len(items)), items.repeat(len(u)))
         preds, _ = evaluate(session.pipeline, session.dmp, rows, ctx, config.eval_batch_size)
-        scores = {n: preds[n].view(len(u), len(items)) for n in shown}
+        scores = {n: preds[n].view(len(u), len(items)) for n in shown if n in preds}
+        for n in shown:  # the chain: the retrieval logit plus log P(relevant)
+            if n not in scores:
+                scores[n] = scores[RETRIEVAL] + scores[config.ranking_relevance].clamp_min(1e-12).log()
         top = scores[by].masked_fill(seen[c:c + len(u)], float("-inf")).topk(min(k, len(items)), dim=1)
         out += [{"user": int(raw[c + j]), "by": by, "items": _items_of(top, j, items, scores, prepared)}
                 for j in range(len(u))]

@@ -218,7 +218,8 @@ class TrainLoop:
         self.log(f"checkpoint: {path}")
 
     def _log_epoch(self, entry: Evaluation) -> None:
-        shown = {**entry.tasks, **({"fused": entry.fused} if entry.fused is not None else {})}
+        shown = {t: m for t, m in {**entry.tasks, **({"fused": entry.fused} if entry.fused else {})}.items()
+                 if any(isinstance(v, float) for v in m.values())}  # a task without scored rows is left out
         self.log(f"epoch {int(entry.epoch)}/{self.config.epochs} train_loss={entry.train_loss:.4f} " + " ".join(
             f"{t}:" + ",".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
             for t, m in shown.items()))

@@ -2,18 +2,17 @@
 carved from train when asked, history bags built from the training rows, and candidate rows."""
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from torchrec_fusion.data.dataset import MultiTaskData
 from torchrec_fusion.data.history import InteractionHistory
+from torchrec_fusion.data.negatives import NegativeSampledData, NegativeSampler, with_interaction
 from torchrec_fusion.data.registry import load_dataset
-from torchrec_fusion.data.types import BatchSource, LoadedData
+from torchrec_fusion.data.types import BatchSource, CandidateRows, LoadedData
 from torchrec_fusion.tasks import TaskSpec, select_tasks
 from torchrec_fusion.training.config import TrainConfig
-
-CandidateRows = Callable[[torch.Tensor, torch.Tensor], MultiTaskData]
 
 
 @dataclasses.dataclass
@@ -54,6 +53,27 @@ def _candidates(loaded: LoadedData, keep: Optional[List[TaskSpec]],
     return candidates
 
 
+def _with_negatives(config: TrainConfig, rows: Optional[MultiTaskData], candidates: Optional[CandidateRows],
+                    splits: Dict[str, BatchSource]) -> Tuple[BatchSource, Optional[CandidateRows]]:
+    """The training rows with ``config.negatives`` sampled items per row (an ``interaction`` task
+    added to every split and to the candidate rows, so that they share one task list)."""
+    if rows is None or candidates is None:
+        raise ValueError("--negatives needs training rows in memory (not stream: true) and a dataset that can "
+                         "build rows for any (user, item) pair: movielens, synthetic, or a table with "
+                         "user_column, item_column and item_features")
+    sampler = NegativeSampler.from_data(rows, config.negatives, config.negative_sampling, config.negative_alpha,
+                                        config.seed)
+    train = NegativeSampledData(rows, candidates, sampler)
+    for name, split in splits.items():
+        if (in_memory := split.in_memory_rows()) is not None:
+            splits[name] = with_interaction(in_memory)
+
+    def with_task(user: torch.Tensor, item: torch.Tensor) -> MultiTaskData:
+        return with_interaction(candidates(user, item))
+
+    return train, with_task
+
+
 def prepare_data(config: TrainConfig) -> PreparedData:
     """The dataset's train split, and its test split or a validation split carved from
     train (``eval_split`` says which); history bags and candidate rows from the training
@@ -74,8 +94,12 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     splits["train"] = train
     history = None
     if config.history_length > 0 and rows is not None and {"user", "item"} <= set(rows.extras):
-        history = InteractionHistory(rows, config.history_length, config.seed)  # from the training rows only
+        history = InteractionHistory(rows, config.history_length, config.seed,  # from the training rows only
+                                     liked=config.history_liked)
         for d in splits.values():
             if (in_memory := d.in_memory_rows()) is not None:
                 history.add_to(in_memory)
-    return PreparedData(train, splits[split], split, loaded.info, _candidates(loaded, keep, history), splits, loaded)
+    candidates = _candidates(loaded, keep, history)
+    if config.negatives > 0:
+        train, candidates = _with_negatives(config, rows, candidates, splits)
+    return PreparedData(train, splits[split], split, loaded.info, candidates, splits, loaded)

@@ -74,7 +74,8 @@ def _rank(config: TrainConfig, started: Started, loop: TrainLoop, result: RunRes
     ranking, scores, task = rank_catalogue(session.pipeline, session.dmp, started.prepared, started.ctx, config,
                                            tasks)
     log("ranking (full catalogue, seen items excluded): " + "; ".join(
-        f"{name} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith(("hr@", "ndcg@")))
+        f"{name}{' (baseline)' if m.get('baseline') is True else ''} "
+        + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith(("hr@", "ndcg@")))
         for name, m in ranking.items()))
     result.ranking = ranking
     if config.keep_predictions:
