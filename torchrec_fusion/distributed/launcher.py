@@ -1,14 +1,17 @@
 """Process groups and a local launcher: the same entry point under torchrun or ``--world-size N``."""
 
 import contextlib
+import multiprocessing as mp
 import os
+import pickle
+import queue
 import shutil
 import socket
 import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, List, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import torch
 import torch.distributed as dist
@@ -92,22 +95,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(local_rank: int, world_size: int, out_dir: str, fn: Callable[..., Any], args: Tuple[Any, ...]) -> None:
+def _sendable(error: BaseException) -> BaseException:
+    """``error`` itself when it pickles, else a RuntimeError carrying its type and message."""
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _worker(local_rank: int, world_size: int, store_dir: str, fn: Callable[..., Any], args: Tuple[Any, ...],
+            results: Any, received: Any) -> None:
     os.environ.update(
         RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size), **{_STORE_FILE_ENV: os.path.join(out_dir, "store")},
+        LOCAL_WORLD_SIZE=str(world_size), **{_STORE_FILE_ENV: os.path.join(store_dir, "store")},
     )
     try:
         result = fn(*args)
-        path = os.path.join(out_dir, f"rank{local_rank}.pt")
-        torch.save(result, path + ".tmp")
-        os.replace(path + ".tmp", path)  # published whole
     except BaseException as e:  # hand the original error to the parent, then fail so peers are stopped
         with contextlib.suppress(Exception):
-            torch.save(e, os.path.join(out_dir, f"rank{local_rank}.err"))
+            results.put((local_rank, False, _sendable(e)))
+            results.close()
+            results.join_thread()  # on its way before this process ends
         if dist.is_initialized():
             dist.destroy_process_group()
         raise
+    # the result goes to the parent through a pipe, its tensors through shared memory: they stay
+    # readable only while this process lives, so it waits until the parent has every result
+    results.put((local_rank, True, result))
+    received.acquire()
     # Done: wait for the peers, then leave without the interpreter's teardown. Rarely (2 of ~200
     # launches seen), a rank aborted in C++ teardown ("terminate called without an active
     # exception") after its work was done; os._exit skips those destructors.
@@ -116,6 +132,79 @@ def _worker(local_rank: int, world_size: int, out_dir: str, fn: Callable[..., An
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _in_this_process(fn: Callable[..., Any], args: Tuple[Any, ...]) -> List[Any]:
+    """Runs ``fn(*args)`` as a group of one in this process, leaving no trace in the environment."""
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", _STORE_FILE_ENV)
+    saved = {k: os.environ.get(k) for k in keys}
+    threads = torch.get_num_threads()
+    tmp = tempfile.mkdtemp(prefix="torchrec_fusion_")
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      **{_STORE_FILE_ENV: os.path.join(tmp, "store")})
+    try:
+        return [fn(*args)]
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        torch.set_num_threads(threads)
+        shutil.rmtree(tmp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _collect(processes: Any, results: Any, world_size: int) -> Tuple[Dict[int, Any], Optional[BaseException]]:
+    """Each rank's result as it arrives, until all are in, one rank reports an error, or the
+    processes end without them (a rank killed: the error is then the spawn wrapper's)."""
+    got: Dict[int, Any] = {}
+    while len(got) < world_size:
+        try:
+            rank, ok, value = results.get(timeout=0.2)
+        except queue.Empty:
+            try:
+                if processes.join(timeout=0):  # every process ended, some without a result
+                    return got, RuntimeError(f"ranks {sorted(set(range(world_size)) - set(got))} ended "
+                                             "without a result")
+            except (ProcessRaisedException, ProcessExitedException) as e:
+                with contextlib.suppress(queue.Empty):  # the rank's own error, if it sent one first
+                    rank, ok, value = results.get(timeout=1.0)
+                    if not ok:
+                        return got, value
+                return got, e
+            continue
+        if not ok:
+            return got, value
+        got[rank] = value
+    return got, None
+
+
+def _spawn(fn: Callable[..., Any], world_size: int, args: Tuple[Any, ...]) -> List[Any]:
+    """Runs ``fn(*args)`` on ``world_size`` spawned processes; results and errors come back through
+    a queue in memory (never through files that anything else could have written)."""
+    context = mp.get_context("spawn")
+    # a semaphore, not an Event: Event.set waits for its sleepers to wake, forever if one was killed
+    results, received = context.Queue(), context.Semaphore(0)
+    with tempfile.TemporaryDirectory() as store_dir:
+        processes = _start_processes(_worker, args=(world_size, store_dir, fn, args, results, received),
+                                     nprocs=world_size, join=False, start_method="spawn")
+        got, error = _collect(processes, results, world_size)
+        for _ in range(world_size):
+            received.release()
+        try:
+            while not processes.join():
+                pass
+        except (ProcessRaisedException, ProcessExitedException) as e:
+            if error is None and len(got) < world_size:
+                error = e
+            elif error is None:  # every rank sent its result before a process died on its way out
+                print("torchrec-fusion: warning: a rank died after finishing its work; results kept",
+                      file=sys.stderr)
+    if error is not None:
+        raise error from None
+    return [got[r] for r in range(world_size)]
 
 
 def launch(fn: Callable[..., Any], world_size: int, *args: Any) -> List[Any]:
@@ -129,36 +218,6 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any) -> List[Any]:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if under_torchrun():
         return [fn(*args)]
-    if world_size == 1:  # in this process: no spawn cost; leave no trace in the environment
-        keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", _STORE_FILE_ENV)
-        saved = {k: os.environ.get(k) for k in keys}
-        threads = torch.get_num_threads()
-        tmp = tempfile.mkdtemp(prefix="torchrec_fusion_")
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          **{_STORE_FILE_ENV: os.path.join(tmp, "store")})
-        try:
-            return [fn(*args)]
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
-            torch.set_num_threads(threads)
-            shutil.rmtree(tmp, ignore_errors=True)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    with tempfile.TemporaryDirectory() as out_dir:
-        try:
-            _start_processes(_worker, args=(world_size, out_dir, fn, args), nprocs=world_size,
-                             join=True, start_method="spawn")
-        except (ProcessRaisedException, ProcessExitedException):
-            for r in range(world_size):  # re-raise the first rank's own error, not the spawn wrapper
-                err = os.path.join(out_dir, f"rank{r}.err")
-                if os.path.exists(err):
-                    raise torch.load(err, weights_only=False) from None
-            if not all(os.path.exists(os.path.join(out_dir, f"rank{r}.pt")) for r in range(world_size)):
-                raise
-            # every rank published its result before a process died on its way out: keep the results
-            print("torchrec-fusion: warning: a rank died after finishing its work; results kept", file=sys.stderr)
-        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
+    if world_size == 1:  # in this process: no spawn cost
+        return _in_this_process(fn, args)
+    return _spawn(fn, world_size, args)
