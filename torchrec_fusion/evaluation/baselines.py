@@ -196,7 +196,7 @@ def baseline_scores(train: MultiTaskData, task: CatalogueTask, relevance_mask: O
 
         from torchrec_fusion.data.synthetic import SyntheticConfig, make_synthetic
         from torchrec_fusion.evaluation.catalogue import catalogue_task, relevant_rows
-        tr, te = make_synthetic(SyntheticConfig(num_rows=3000))
+        tr, te = make_synthetic(SyntheticConfig(num_rows=3000, table_sizes={"user": 100, "item": 300}))
         t = catalogue_task(tr, te, num_items=te.num_embeddings["item"], relevance="ctr")
         scores, info = baseline_scores(tr, t, relevant_rows(tr, "ctr"), lambdas=(10.0, 100.0))
         assert set(scores) == {"popularity", "ease"} and info["ease_lambda"] in (10.0, 100.0)
