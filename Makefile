@@ -1,6 +1,6 @@
 # `make demo` and `make test` create .venv when it is missing (scripts/setup.sh), then run.
 PY := .venv/bin/python
-DEMO_ARGS ?= --dataset synthetic --arch mmoe --balancing uncertainty --fusion weighted --world-size 2 --epochs 2 --output-dir runs/demo
+DEMO_ARGS ?= --dataset synthetic --arch mmoe --balancing uncertainty --fusion weighted --world-size 2 --epochs 2 --output-dir runs/demo --overwrite
 
 .PHONY: setup demo test lint movielens movielens-topn clean
 setup:
@@ -18,11 +18,11 @@ lint: setup
 	.venv/bin/mypy
 
 movielens: setup
-	.venv/bin/torchrec-fusion train --config configs/movielens-100k.yaml
+	.venv/bin/torchrec-fusion train --config configs/movielens-100k.yaml --overwrite
 
 # the top-N model (README "Recommendations"): about 14 minutes on 2 cores
 movielens-topn: setup
-	.venv/bin/torchrec-fusion train --config configs/movielens-100k-topn.yaml
+	.venv/bin/torchrec-fusion train --config configs/movielens-100k-topn.yaml --overwrite
 
 clean:
 	rm -rf runs .pytest_cache

@@ -162,14 +162,9 @@ class Suite:
 
 
 def mem_available() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
+    from torchrec_fusion.training.limits import available_memory
+
+    return available_memory() or 1 << 62
 
 
 def memory_needed(contender: str, w: Any, world_size: int) -> int:

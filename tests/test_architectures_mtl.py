@@ -279,8 +279,8 @@ ARCH_DEFAULTS = {
     "cgc": {"num_shared_experts": 2, "num_task_experts": 1, "expert_layer_sizes": [128, 64]},
     "shared_bottom": {"bottom_layer_sizes": [128, 64]},
     "single_task": {"task_layer_sizes": [128, 64]},
-    "esmm": {"task_layer_sizes": [128, 64]},
-    "aitm": {"task_layer_sizes": [128, 64], "attention_dim": None},
+    "esmm": {"task_layer_sizes": [128, 64], "chain": [], "chain_loss_weight": 1.0},
+    "aitm": {"task_layer_sizes": [128, 64], "attention_dim": None, "chain": [], "chain_loss_weight": 1.0},
 }
 
 

@@ -38,7 +38,7 @@ def _flat(checkpoint: str, tmp) -> dict:
                 walk(v, prefix + str(k) + "/")
             else:
                 out[prefix + str(k)] = v
-    walk(torch.load(path, weights_only=False))
+    walk(torch.load(path, weights_only=True))
     return out
 
 

@@ -6,15 +6,20 @@ from pathlib import Path
 from conftest import ML100K, needs_ml100k
 
 from torchrec_fusion.cli import main
+from torchrec_fusion.distributed.launcher import cpu_cores
 
 
 def test_train_synthetic_two_ranks_writes_metrics(tmp_path: Path, capfd) -> None:
     out = tmp_path / "run"
     code = main(["train", "--dataset", "synthetic", "--synthetic-rows", "20000", "--arch", "shared_bottom",
-                 "--world-size", "2", "--epochs", "2", "--output-dir", str(out), "--no-progress"])
+                 "--world-size", "2", "--epochs", "2", "--output-dir", str(out), "--quiet"])
     assert code == 0
     printed = capfd.readouterr().out  # fd level: the ranks are child processes
-    assert "sharding plan:" in printed and "epoch 2/2" in printed
+    assert "epoch 2/2" in printed  # --quiet hides the progress bars, never the metrics
+    # threads shared among the ranks, and the plan as a summary (every table: --verbose)
+    assert f"threads: {max(1, cpu_cores() // 2)} per rank ({cpu_cores()} core(s) / 2 local rank(s)" in printed
+    assert "table(s) on 2 rank(s)" in printed and "table bytes per rank" in printed and "rank 1 " in printed
+    assert "shard(s) on ranks" not in printed and "--verbose" in printed
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["samples_per_second"] > 0 and len(m["history"]) == 2
     assert set(m["tasks"]) == {"ctr", "cvr", "watch_time", "ctcvr"}
@@ -51,16 +56,20 @@ def test_movielens_defaults_reach_the_quality_bar(tmp_path: Path) -> None:
     assert [it["score"] for it in items] == sorted((it["score"] for it in items), reverse=True)
 
 
-def test_saved_config_alone_repeats_the_run_and_toml_works(tmp_path: Path) -> None:
+def test_saved_config_alone_repeats_the_run_and_toml_works(tmp_path: Path, capfd) -> None:
     toml = tmp_path / "run.toml"
     toml.write_text('dataset = "synthetic"\nsynthetic_rows = 3000\nsynthetic-scale = 0.05\nepochs = 1\n'
                     'batch_size = 128\narch = "ple"\nbalancing = "dwa"\nreport = false\nseed = 5\n')
     first, second = tmp_path / "first", tmp_path / "second"
-    assert main(["train", "--config", str(toml), "--output-dir", str(first), "--no-progress", "--quiet"]) == 0
+    assert main(["train", "--config", str(toml), "--output-dir", str(first), "--quiet", "--threads", "1",
+                 "--verbose"]) == 0
+    printed = capfd.readouterr().out
+    assert "threads: 1 per rank (--threads)" in printed and "shard(s) on ranks [0]" in printed  # the whole plan
     # the resolved config of the first run, and nothing else, gives the same run again
     assert main(["train", "--config", str(first / "config.yaml"), "--output-dir", str(second), "--quiet"]) == 0
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
     assert a["config"]["arch"] == "ple" and a["config"]["seed"] == 5 and a["tasks"] == b["tasks"]
+    assert a["config"]["threads"] == b["config"]["threads"] == 1
     assert a["step_losses"] == b["step_losses"]
 
 

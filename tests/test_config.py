@@ -87,3 +87,35 @@ def test_cli_flags_are_derived_from_the_options() -> None:
 def test_ensemble_options_must_belong_to_a_member() -> None:
     with pytest.raises(ValueError, match=r"arch_options \['bottom_layer_sizes'\] belong to no architecture"):
         TrainConfig.from_dict({"ensemble": ["mmoe", "ple"], "arch_options": {"bottom_layer_sizes": [8]}})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"batch_size": 0}, "batch_size must be >= 1 (a size), got 0"),
+    ({"eval_batch_size": -2}, "eval_batch_size must be >= 1 (a size), got -2"),
+    ({"embedding_dim": 0}, "embedding_dim must be >= 1 (a size), got 0"),
+    ({"epochs": 0}, "epochs must be >= 1 (a count), got 0"),
+    ({"max_steps": 0}, "max_steps must be >= 1 (a count), got 0"),
+    ({"history_length": -1}, "history_length must be >= 0 (a length), got -1"),
+    ({"dense_lr": float("nan")}, "dense_lr must be >= 0 (a rate), got nan"),
+    ({"embedding_lr": -0.1}, "embedding_lr must be >= 0 (a rate), got -0.1"),
+    ({"retrieval_temperature": 0}, "retrieval_temperature must be > 0 (a temperature), got 0.0"),
+    ({"rank_memory_mb": float("inf")}, "rank_memory_mb must be > 0 (a budget), got inf"),
+    ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+    ({"validation_fraction": -0.1}, "validation_fraction must be in [0, 1), got -0.1"),
+    ({"negative_alpha": float("inf")}, "negative_alpha must be a finite number, got inf"),
+    ({"dense_arch_layer_sizes": [64, 0]}, "dense_arch_layer_sizes must hold integers >= 1, got [64, 0]"),
+    ({"ranking_k": [10, -1]}, "ranking_k must hold integers >= 1, got [10, -1]"),
+    ({"task_weights": {"ctr": -1}}, "task_weights must map to finite numbers >= 0, got {'ctr': -1.0}"),
+    ({"ranking_fusion": {"like": float("nan")}}, "ranking_fusion must map to finite numbers, got {'like': nan}"),
+])
+def test_sizes_counts_and_rates_are_checked(values: dict, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict(values, source="cfg.yaml")
+    assert str(e.value) == f"cfg.yaml: {message}"
+
+
+def test_edges_of_the_ranges_are_accepted() -> None:
+    c = TrainConfig.make(batch_size=1, embedding_dim=1, history_length=0, negatives=0, dropout=0.0,
+                         validation_fraction=0.0, checkpoint_every=0, dense_lr=0.0, retrieval_layer_sizes=[],
+                         ranking_fusion={"like": -0.5}, max_steps=None, rank_memory_mb=None)
+    assert (c.batch_size, c.embedding_dim, c.dropout) == (1, 1, 0.0)

@@ -215,3 +215,25 @@ def test_downloaded_folder_loads(server: Server, monkeypatch: pytest.MonkeyPatch
 
     ml = load_movielens(tmp_path / "ml-100k")
     assert (ml.num_users, ml.num_items, len(ml.train), len(ml.test)) == (943, 1682, 80_000, 20_000)
+
+
+def test_a_symlinked_part_file_is_never_written_through(server: Server, fake_md5: str, tmp_path: Path) -> None:
+    d, victim = tmp_path / "data", tmp_path / "victim.txt"
+    d.mkdir()
+    victim.write_text("precious")
+    (d / ".ml-100k.zip.part").symlink_to(victim)  # planted, or left by another tool
+    assert run("--to", str(d), "--base-url", server.url) == 0
+    assert victim.read_text() == "precious" and (d / "ml-100k" / "u.data").read_text() == U_DATA
+    assert not [p for p in d.iterdir() if p.name.endswith(".part") and not p.is_symlink()]  # ours is gone
+
+
+@pytest.mark.parametrize("members", [{**FAKE_FILES, "../evil": "x"}, {"u.data": U_DATA}])
+def test_a_refused_zip_leaves_no_folder_it_made(members: Dict[str, Union[str, bytes]], server: Server,
+                                               tmp_path: Path, capsys) -> None:
+    md5 = server.serve(members)
+    (tmp_path / "keep").mkdir()
+    d = tmp_path / "keep" / "a" / "b" / "data"  # three folders made by the download
+    assert run("--to", str(d), "--base-url", server.url, "--md5", md5) == 2
+    err = capsys.readouterr().err
+    assert "ml-100k.zip" in err and ".part" not in err, err
+    assert listing(tmp_path / "keep") == []  # made folders removed, the existing one kept

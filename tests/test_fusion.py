@@ -412,3 +412,51 @@ def test_fit_weights_errors() -> None:
         fit_weights(s, torch.tensor([0., 1.]), objective="map")
     with pytest.raises(ValueError, match="inf"):
         fit_weights({"a": torch.tensor([.1, INF])}, torch.tensor([0., 1.]))
+
+
+# ------------------------------------------------------------------------ issue 13: bad numbers in fusion
+
+def test_zscore_of_a_constant_list_is_exactly_zero() -> None:
+    # float32: nanmean of seven 0.3 is not 0.3 exactly; (x - mean) / clamped std gave 1.0 for every item
+    assert normalize(torch.full((1, 7), .3), "zscore").tolist() == [[0.] * 7]
+    assert normalize(torch.full((2, 5), .1, dtype=torch.float64), "zscore").eq(0).all()
+    # a constant list beside missing candidates, and a varying list next to it, keep their values
+    s = torch.tensor([[.3, .3, NAN, .3], [1., 2., 3., NAN]])
+    assert close(normalize(s, "zscore"), [[0., 0., NAN, 0.], [-1.224745, 0., 1.224745, NAN]])
+    # the flip it caused: run a is constant over items 0..6, run b lists items 0..7 (7 best, z = .35 / .229129
+    # = 1.527525; item 6: 1.091089). With a at 1.0, items 0..6 got +1 and item 6 overtook item 7
+    a, b = torch.full((1, 8), .3), torch.arange(8.).unsqueeze(0) / 10
+    a[0, 7] = NAN
+    fused = aggregate("weighted", [a, b])
+    assert close(fused[0, 6:], [1.091089, 1.527525]) and int(fused.argmax()) == 7
+
+
+@pytest.mark.parametrize("weights", [[NAN, 1.], [INF, 1.], [-1., 2.], [0., 0.]])
+def test_bad_weights_are_refused(weights) -> None:
+    a, b = torch.tensor([[3., 2., 1.]]), torch.tensor([[1., 2., 3.]])
+    for name in ("rrf", "borda", "combsum", "combmnz", "weighted"):
+        with pytest.raises(ValueError, match=r"weights must be finite and >= 0, not all 0"):
+            aggregate(name, [a, b], weights)
+    with pytest.raises(ValueError, match="vote weights must be finite"):
+        votes([a, b], weights=weights)
+
+
+def test_rrf_k_is_checked_and_used() -> None:
+    a, b = torch.tensor([[3., 2., 1.]]), torch.tensor([[1., 2., 3.]])
+    # k = 10: 1/11 + 1/13, 2/12, 1/13 + 1/11
+    assert close(aggregate("rrf", [a, b], options={"k": 10}), [[1 / 11 + 1 / 13, 2 / 12, 1 / 13 + 1 / 11]])
+    for k in (-1., NAN, INF):
+        with pytest.raises(ValueError, match="RRF k must be finite and >= 0"):
+            aggregate("rrf", [a, b], options={"k": k})
+
+
+def test_aggregate_norm_overrides_the_registered_one() -> None:
+    a, b = torch.tensor([[0., 5., 10.]]), torch.tensor([[2., 1., NAN]])
+    assert close(aggregate("combsum", [a, b], norm="none"), [[2., 6., 10.]])          # raw scores
+    assert close(aggregate("combmax", [a, b], norm="rank"), [[1., .5, 1.]])           # a: 0 .5 1; b: 1 0 -
+    assert close(aggregate("weighted", [a, b], [1., 1.], norm="minmax"), aggregate("combsum", [a, b]))
+    assert close(aggregate("rrf", [a, b], norm="none"), aggregate("rrf", [a, b]))
+    with pytest.raises(ValueError, match="fusion 'borda' fuses ranks, which normalisation 'minmax' does not"):
+        aggregate("borda", [a, b], norm="minmax")
+    with pytest.raises(ValueError, match="unknown normalisation 'max'"):
+        aggregate("combsum", [a, b], norm="max")

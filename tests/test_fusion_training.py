@@ -120,6 +120,8 @@ def test_fused_model_trains_sharded_over_two_processes(fusion: str) -> None:
                           dropout=0.0))
     assert r["fused"]["count"] == r["tasks"]["ctr"]["count"] == 1200
     assert r["fused"]["auc"] > 0.6, r["fused"]
+    # anchored on its target, the learnt fusion starts as ctr's own score and must not end below it
+    assert r["fused"]["auc"] >= r["tasks"]["ctr"]["auc"] - 1e-3, (r["fused"]["auc"], r["tasks"]["ctr"]["auc"])
     if fusion == "weighted":
         w = r["fused"]["weights"]
         assert set(w) == {"ctr", "cvr", "watch_time", "ctcvr"} and abs(sum(w.values()) - 1) < 1e-5
@@ -139,3 +141,15 @@ def test_ensemble_of_two_models_with_own_tables_trains_under_one_dmp() -> None:
     assert set(r["tasks"]) == {"mmoe_ctr", "mmoe_watch_time", "dlrm_ctr"}
     assert r["fused"]["count"] == r["tasks"]["dlrm_ctr"]["count"] == 1200
     assert r["fused"]["auc"] > 0.6 and r["tasks"]["dlrm_ctr"]["auc"] > 0.6
+
+
+@pytest.mark.parametrize("method", ["weighted", "gated", "stacking"])
+def test_an_anchored_fusion_starts_as_its_target(method: str) -> None:
+    """Untrained, the fused probability is the target's own; fixed weights are never anchored."""
+    torch.manual_seed(0)
+    head = FusionHead(method, ["click", "rating"], context_dim=3, anchor="click")
+    preds = {"click": torch.rand(16) * 0.98 + 0.01, "rating": 1 + 4 * torch.rand(16)}
+    assert torch.allclose(torch.sigmoid(head(preds, torch.randn(16, 3))), preds["click"], atol=1e-5)
+    assert FusionHead("weighted", ["click", "rating"], anchor="click", weights=[1.0, 1.0]).anchor is None
+    with pytest.raises(ValueError, match="anchor 'cvr'"):
+        FusionHead(method, ["click", "rating"], context_dim=3, anchor="cvr")

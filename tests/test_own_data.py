@@ -94,6 +94,19 @@ def test_parquet_three_tasks_config_file_evaluate_and_recommend(tmp_path, capsys
     fused = [float(r["fused"]) for r in rows[:10]]
     assert fused == sorted(fused, reverse=True)  # ranked by the fused score by default
 
+    # newer interactions in a file the run's spec reads: user 7 has now met his first three items
+    top3 = [int(r["item"]) for r in rows[:3]]
+    newer = tmp_path / "newer.parquet"
+    pq.write_table(pa.table({
+        "user_id": pa.array([7, 7, 7]), "item_id": pa.array(top3), "genres": pa.array([[1], [2], [3]]),
+        "hour": pa.array([1.0, 2.0, 3.0]), "click": pa.array([1, 0, 1]), "watch_seconds": pa.array([3.0, 0.0, 2.5]),
+        "purchase": pa.array([1.0, None, 0.0], pa.float64())}), newer)
+    recs2 = tmp_path / "recs2.csv"
+    assert main(["recommend", "--run", str(out), "--user", "7", "--k", "10", "--data", str(newer),
+                 "--output", str(recs2)]) == 0
+    after = [int(r["item"]) for r in csv.DictReader(open(recs2))]
+    assert not set(top3) & set(after) and after[:7] == [int(r["item"]) for r in rows[3:10]]
+
     assert main(["recommend", "--run", str(out), "--user", "999999"]) == 2
     assert "unknown user" in capsys.readouterr().err
 

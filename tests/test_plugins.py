@@ -36,6 +36,11 @@ def test_toy_components_train_from_a_config_file(tmp_path: Path, monkeypatch: py
     assert m["fused"]["method"] == "max" and m["fused"]["auc"] > 0.9
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["arch_options"] == {"width": 12, "depth": 2} and saved["plugins"] == ["toy_components"]
+    if world_size == 1:  # reading a run that names plugins imports them: only when the user allows it
+        run = str(tmp_path / "run")
+        assert main(["evaluate", "--run", run]) == 2
+        assert main(["evaluate", "--run", run, "--allow-plugins"]) == 0
+        assert main(["export", "--run", run]) == 2
 
 
 def test_a_plugin_option_of_the_wrong_type_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -167,3 +167,43 @@ def test_demo_writes_report_with_every_figure(tmp_path) -> None:
     for png in ("loss", "metrics", "gates", "task_weights", "fusion_weights"):
         assert f"report/{png}.png" in report
         assert (out / "report" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _two_epochs() -> Dict[str, Any]:
+    """The issue's run: 2 epochs, an RMSE from 0.492 to 0.479, an AUC from 0.55 to 0.75, fixed equal weights."""
+    history = [{"epoch": e, "train_loss": 0.7 - 0.1 * e,
+                "tasks": {"click": {"auc": a, "logloss": 0.6}, "rating": {"rmse": r}},
+                "task_weights": {"click": 1.0, "rating": 1.0}}
+               for e, a, r in ((1, 0.55, 0.492), (2, 0.75, 0.479))]
+    return {"history": history, "tasks": history[-1]["tasks"], "step_losses": [0.7, 0.6, 0.5, 0.45],
+            "config": {"arch": "mmoe", "balancing": "fixed", "fusion": "none"}}
+
+
+def test_plots_read_true(tmp_path: Path) -> None:
+    from torchrec_fusion.evaluation import report
+
+    r = _two_epochs()
+    x = [1.0, 2.0]
+    fig = report._metrics_figure(r["history"], x)
+    assert fig is not None
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    # a wide spread starts at 0; a narrow one stays zoomed and says so, in the title and the axis label
+    assert axes["auc"].get_ylim()[0] == 0 and axes["logloss"].get_ylim()[0] == 0
+    rmse = axes["rmse [zoomed]"]
+    assert rmse.get_ylim()[0] > 0.4 and "not from 0" in rmse.get_ylabel()
+    # two epochs are two points, not a line
+    assert all(line.get_linestyle() == "None" and line.get_marker() == "o" for line in axes["auc"].get_lines())
+    # equal fixed weights: each task its own marker and size, so both stay visible; the title says they are equal
+    weights = report._weights_figure(report._by_epoch(r["history"], lambda e: e.get("task_weights")), x, "w")
+    assert weights is not None
+    ax = weights.axes[0]
+    lines = ax.get_lines()
+    assert ax.get_title() == "w (all equal)" and len({ln.get_marker() for ln in lines}) == 2
+    assert lines[0].get_markersize() > lines[1].get_markersize()
+    # longer runs are lines
+    long = [{**r["history"][0], "epoch": e} for e in range(1, 9)]
+    fig = report._metrics_figure(long, [float(e) for e in range(1, 9)])
+    assert fig is not None and fig.axes[0].get_lines()[0].get_linestyle() == "-"
+    md = check_report(Path(write_report(r, str(tmp_path))).parent)
+    captions = [line for line in md.splitlines() if line.startswith("*")]
+    assert len(captions) == 3 and all("Look for" in c for c in captions)  # loss, metrics, task weights

@@ -10,7 +10,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_fusion.evaluation.retrieval import faiss_module, top_k
+from torchrec_fusion.evaluation.retrieval import ItemIndex, faiss_module, top_k
 from torchrec_fusion.losses.retrieval import full_softmax_loss, mixture_log_q, sampled_softmax_loss
 from torchrec_fusion.modules.retrieval import RetrievalArch
 
@@ -172,8 +172,16 @@ def test_top_k_equals_exhaustive_scoring_with_exclusions(backend: str) -> None:
         assert scores[3, 3:].isneginf().all()
     scores, ids = top_k(users, items, 500, backend=backend)
     assert ids.shape == (50, 200) and torch.equal(ids, torch.topk(users @ items.T, 200, dim=1).indices)
+    index = ItemIndex(items, backend)  # built once, searched by many calls: the same answers
+    assert (index.faiss is None) == (backend == "torch") and len(index) == 200
+    for ex in (exclude, None):
+        again = top_k(users, index, 10, exclude=ex, users_per_chunk=16)
+        want = top_k(users, items, 10, exclude=ex, backend=backend, users_per_chunk=16)
+        assert torch.equal(again[1], want[1]) and torch.equal(again[0], want[0])
 
 
 def test_top_k_refuses_an_unknown_backend() -> None:
     with pytest.raises(ValueError, match="backend"):
         top_k(torch.ones(1, 2), torch.ones(3, 2), 1, backend="annoy")
+    with pytest.raises(ValueError, match="backend"):
+        ItemIndex(torch.ones(3, 2), backend="annoy")

@@ -5,40 +5,106 @@ import dataclasses
 import os
 import types
 import typing
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
-from torchrec_fusion.commands.base import Command
+from torchrec_fusion.commands.base import Command, plain
 from torchrec_fusion.registry import option_names, options_class
 from torchrec_fusion.training.config import FAMILIES, TrainConfig, flat_option_names, read_config_file
 
 HELP = {
     "dataset": "synthetic (no files needed), movielens (official files in --data-dir), criteo (raw TSV in "
                "--data-dir) or table (your Parquet/CSV: a 'data' section with the table spec in --config)",
-    "tasks": "train only these tasks (names from the dataset)",
-    "validation_fraction": "carve this fraction of train as validation and evaluate on it (for tuning)",
-    "world_size": "local processes to launch (ignored under torchrun)",
+    "tasks": "train only these tasks (names from the dataset; default: all of them)",
+    "early_stopping": "TASK:METRIC (e.g. ctr:auc, rating:rmse, fused:auc) watched on the evaluated split each "
+                      "epoch: the best epoch is kept as OUT/checkpoints/best (default: off)",
+    "patience": "with --early-stopping, stop after this many epochs without improvement",
+    "history_length": "each row gets user_history (the user's other rated items) and item_audience (the item's "
+                      "other raters) bags of up to this many ids, from training rows only (0: none)",
+    "negatives": "K sampled items per training row that the user never interacted with, as rows of a binary "
+                 "task interaction (1 on observed rows; every other task masked there); 0: none",
+    "negative_sampling": "how --negatives are drawn: uniform, or popularity (q(item) ~ count(item)^alpha)",
+    "negative_alpha": "the popularity exponent of --negative-sampling popularity (0 is uniform)",
+    "history_liked": "a binary task (e.g. like): each row also gets a user_liked bag of the items where it was 1",
+    "arch": "the multi-task architecture over the shared features (its own options below name it)",
+    "embedding_dim": "width of every embedding table",
+    "dense_arch_layer_sizes": "hidden sizes of the MLP over the dense features (its last size joins the "
+                              "pooled embeddings)",
+    "tower_layer_sizes": "hidden sizes of each task's tower, between the architecture and the task's output",
+    "interaction": "add the pairwise dot products of the embeddings and the dense vector (as DLRM) to the "
+                   "features the architecture reads",
+    "dropout": "dropout after each hidden layer of the architecture and the towers",
+    "embedding_l2": "weight of an L2 penalty on the embeddings looked up in each batch",
+    "retrieval": "add a user tower and an item tower over the same tables, trained with a softmax over the "
+                 "batch's items (and the sampled ones) corrected by log-Q; its score joins --ranking-eval",
+    "retrieval_user_features": "the user tower's features (default: the user_history and user_liked bags)",
+    "retrieval_item_features": "the item tower's features (default: item)",
+    "retrieval_layer_sizes": "each tower's MLP over its summed embeddings (none: the sums themselves)",
+    "retrieval_item_bias": "learn a bias per item in the retrieval score",
+    "retrieval_loss_weight": "weight of the retrieval loss in the total loss",
+    "retrieval_temperature": "the retrieval softmax's temperature (the scores are divided by it)",
+    "eval_batch_size": "batch size of evaluation and catalogue scoring, per rank",
+    "embedding_optimizer": "the fused optimizer that updates the tables inside backward",
+    "embedding_lr": "learning rate of the embedding optimizer",
+    "dense_optimizer": "the optimizer of every other parameter (MLPs, experts, gates, towers, fusion)",
+    "dense_lr": "learning rate of the dense optimizer",
+    "dense_weight_decay": "weight decay of the dense optimizer",
+    "balancing": "how the task losses are weighted: fixed (each task's weight, --task-weights), uncertainty, dwa, "
+                 "gradnorm or pcgrad (their options below)",
+    "fusion_loss_weight": "weight of the fused score's loss in the total loss",
+    "ranking_eval": "after training, rank every item the user did not rate in training for each evaluated user "
+                    "with a relevant held-out row: HR@K, NDCG@K, recall@K and MRR per score",
+    "ranking_relevance": "the binary task whose label 1 makes a held-out row relevant in --ranking-eval",
+    "ranking_k": "the cut-offs K of --ranking-eval's metrics",
+    "threads": "intra-op threads of each rank (default: this machine's cores divided by the local ranks)",
+    "device": "cpu or cuda (default: cuda when a GPU is present); the process group is gloo on cpu, nccl on cuda",
+    "seed": "seed of the data split, the shuffling, the sampled negatives and the initial weights",
+    "save_scores": "write OUT/scores.csv, the evaluated split's labels and scores, to fuse runs with "
+                   "torchrec-fusion fuse",
+    "task_weights": "each named task's loss weight under fixed balancing, e.g. --task-weights rating=0.5 "
+                    "(0 trains without that task's loss; the others keep 1)",
+    "ranking_fusion": "the fused ranking score fused_ranking of --ranking-eval and recommend: weights of the "
+                      "scores' log forms, e.g. --ranking-fusion retrieval=1 like=0.5 interaction=0.35",
+    "fit_ranking_fusion": "choose the ranking fusion weights on the evaluated split's rankings (NDCG@k by "
+                          "coordinate ascent from the best single score) and report them: run it with "
+                          "--validation-fraction, then pass the weights to the final run",
+    "validation_fraction": "carve this fraction of train as validation and evaluate on it (for tuning; 0: "
+                           "evaluate on the test split)",
+    "epochs": "epochs to train (at least 1)",
+    "world_size": "local processes to launch (ignored under torchrun); on CPU more ranks than cores warns (they "
+                  "share the cores) and more than 4 per core is refused; on CUDA one GPU per rank",
     "sharding_type": "force this sharding type on every table (default: the planner chooses)",
     "batch_size": "per-rank batch size",
     "precision": "bf16: the dense part (MLPs, experts, gates, towers) in bfloat16 under torch.autocast, 4-5x "
                  "faster matrix products on CPUs with AVX512-BF16/AMX; tables, optimizer state and losses stay fp32",
-    "output_dir": "where metrics.json is written",
+    "output_dir": "where the run writes config.yaml, metrics.json, the report and checkpoints/; one run at a time "
+                  "(OUT/.lock), and a folder holding a run is refused unless --resume or --overwrite (default: "
+                  "none, nothing is written)",
+    "overwrite": "replace the run in --output-dir: its checkpoints, metrics, report and config are deleted before "
+                 "this run starts (under torchrun with restarts, use --resume auto instead)",
     "fusion": "fuse the task predictions into one score, trained in the same loop (rank aggregation: "
               "torchrec_fusion.fusion.rank_aggregation)",
     "fusion_target": "binary task whose label supervises the fused score (default: the first binary task)",
-    "rank_memory_mb": "memory per rank the planner may use for tables and their optimizer state",
+    "rank_memory_mb": "memory per rank the planner may use for tables and their optimizer state (default: the "
+                      "device's)",
     "checkpoint_every": "write a checkpoint every N global steps to OUT/checkpoints (0: only the final model)",
     "keep_checkpoints": "how many of the newest checkpoints to keep",
-    "resume": "auto (the latest checkpoint in OUT, if any) or a checkpoint/run folder to continue from",
-    "max_steps": "stop after this many global steps (counted across resumes)",
+    "resume": "auto (the latest checkpoint in OUT, if any: continues the run there) or a checkpoint/run folder to "
+              "continue from (default: a fresh start)",
+    "max_steps": "stop after this many global steps, counted across resumes (default: no limit)",
     "save_model": "save the final model to OUT/checkpoints (needed by evaluate, recommend, export)",
     "report": "write OUT/report.md with PNG plots",
     "ensemble": "train several complete models (architecture names, or dlrm for TorchRec's DLRM), each with its "
-                "own tables, under one DMP; combine with --fusion",
+                "own tables, under one DMP; combine with --fusion (default: one model, --arch)",
     "plugins": "modules to import first (on every rank): they register their own architectures, balancers, "
                "fusions or datasets",
 }
+# help of component options whose Options field has none (TableReader's is in data/tabular.py)
+_OPTION_HELP = {
+    "table": "the table spec of dataset table (train, test, sparse, dense, tasks, ...: see the README, 'Your own "
+             "data'); write it as the data: section of --config",
+}
 # set in a config file only (mappings), or only by the tests
-_NOT_FLAGS = {"constraints", "keep_predictions", "verbose", "progress", "data", "arch_options",
+_NOT_FLAGS = {"constraints", "keep_predictions", "verbose", "full_plan", "progress", "data", "arch_options",
               "balancing_options", "fusion_options"}
 
 
@@ -54,18 +120,38 @@ def _choices() -> Dict[str, Sequence[str]]:
     return out
 
 
+def _unwrap(hint: Any) -> Any:
+    """``X`` from ``Optional[X]``; any other hint as it is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    return hint
+
+
 def _kind(hint: Any) -> Dict[str, Any]:
     """argparse keywords for a value of type ``hint``."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next((a for a in args if a is not type(None)), hint)
+    hint = _unwrap(hint)
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(hint) in (dict, Dict):  # --task-weights rating=0 like=1
+        return {"nargs": "+", "type": _key_value, "metavar": "NAME=VALUE"}
     if typing.get_origin(hint) in (list, List, tuple):
         return {"nargs": "+", "type": typing.get_args(hint)[0]}
     if hint in (int, float, str):
         return {"type": hint}
     return {"type": str}
+
+
+def _key_value(text: str) -> Tuple[str, Any]:
+    """``name=value`` from the command line, the value read as YAML (a number stays a number)."""
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not a number or a word") from None
 
 
 def _default(f: "dataclasses.Field[Any]") -> Any:
@@ -75,6 +161,15 @@ def _default(f: "dataclasses.Field[Any]") -> Any:
     return factory() if callable(factory) else None
 
 
+def _help(text: str, default: Any) -> str:
+    """A flag's help: ``text`` as plain text, then its default unless ``text`` already says it or there is
+    none to show (None or empty: the text says what happens then)."""
+    text = plain(text)
+    if "default" not in text and default is not None and default != [] and default != {}:
+        text += f" (default: {default})"
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
 def _config_flags(parser: argparse.ArgumentParser) -> None:
     choices, hints = _choices(), typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -82,8 +177,7 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         default = _default(f)
         # SUPPRESS: only the flags given on the command line override the config file
-        kw = {"default": argparse.SUPPRESS, "help": HELP.get(f.name, "") + f" (default: {default})",
-              **_kind(hints[f.name])}
+        kw = {"default": argparse.SUPPRESS, "help": _help(HELP.get(f.name, ""), default), **_kind(hints[f.name])}
         if f.name in choices:
             kw["choices"] = list(choices[f.name])
         parser.add_argument("--" + f.name.replace("_", "-"), **kw)
@@ -105,14 +199,18 @@ def _option_flags(parser: argparse.ArgumentParser) -> None:
         opt = next(f for f in dataclasses.fields(cls) if f.name == name)
         hint = typing.get_type_hints(cls)[name]
         default = _default(opt)
-        text = str(opt.metadata.get("help", ""))
+        text = str(opt.metadata.get("help", "") or _OPTION_HELP.get(key, ""))
         parser.add_argument("--" + key.replace("_", "-"), default=argparse.SUPPRESS, **_kind(hint),
-                            help=f"{text + '; ' if text else ''}{family.choice} {', '.join(owners[key])} "
-                                 f"(default: {default})")
+                            help=_help(f"{text + '; ' if text else ''}{family.choice} {', '.join(owners[key])}",
+                                       default))
 
 
 class Train(Command):
     help = "train a multi-task model, sharded by TorchRec's planner"
+    description = ("Train a multi-task model, its tables sharded by TorchRec's planner over --world-size processes "
+                   "(or torchrun's). Every option can also be set in a --config file. A run prints its data, its "
+                   "threads per rank, a summary of the sharding plan and each epoch's metrics on the held-out "
+                   "split, and writes OUT/metrics.json and OUT/report.md.")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--config", help="a YAML or TOML file of these options (keys as the flags, with _ or -, "
@@ -121,16 +219,18 @@ class Train(Command):
                                              "it. Each run saves OUT/config.yaml, which repeats the run")
         _config_flags(parser)
         _option_flags(parser)
-        parser.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
-                            help="hide the progress bar")
-        parser.add_argument("--quiet", dest="verbose", action="store_false", default=argparse.SUPPRESS,
-                            help="print only errors")
+        parser.add_argument("--no-progress", "--quiet", dest="progress", action="store_false",
+                            default=argparse.SUPPRESS, help="hide the progress bars (the metrics are still printed)")
+        parser.add_argument("--verbose", dest="full_plan", action="store_true", default=argparse.SUPPRESS,
+                            help="print the whole sharding plan, one line per table (default: a summary)")
 
     def run(self, args: argparse.Namespace) -> int:
         from torchrec_fusion.training.trainer import train
 
         values = read_config_file(args.config) if args.config else {}
-        values.update({k: v for k, v in vars(args).items() if k not in ("config", "command")})
+        mappings = {k for k, h in typing.get_type_hints(TrainConfig).items() if typing.get_origin(_unwrap(h)) is dict}
+        values.update({k: dict(v) if k in mappings else v for k, v in vars(args).items()
+                       if k not in ("config", "command")})
         config = TrainConfig.from_dict(values, source=args.config or "command line")
         result = train(config)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports

@@ -30,7 +30,7 @@ Example::
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -195,7 +195,7 @@ class CriteoReader:
     class Options:
         """``data_dir``: a Criteo TSV file or a folder of them (required)."""
 
-        data_dir: Optional[str] = None
+        data_dir: Optional[str] = field(default=None, metadata={"help": "a Criteo TSV file or a folder of them"})
 
     @staticmethod
     def load(options: "CriteoReader.Options", seed: int) -> LoadedData:

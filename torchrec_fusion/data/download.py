@@ -1,9 +1,10 @@
 """``torchrec-fusion data download``: fetch, verify and unpack the official MovieLens archives.
 
 The archives come from GroupLens (``https://files.grouplens.org/datasets/movielens/``) with
-``urllib`` only. Each is streamed to ``<to>/.<archive>.part`` while its MD5 and SHA-256 are
-computed, checked against :data:`ARCHIVES`, unpacked into a temporary folder inside ``<to>``
-and renamed into place, so ``<to>/ml-100k/u.data`` appears whole or not at all.
+``urllib`` only. Each is streamed to a new file ``<to>/.<archive>.XXXX.part`` (created exclusively:
+an existing file or link there is never written through) while its MD5 and SHA-256 are computed,
+checked against :data:`ARCHIVES`, unpacked into a temporary folder inside ``<to>`` and renamed into
+place, so ``<to>/ml-100k/u.data`` appears whole or not at all; folders it made are removed on failure.
 
 Checksums: the MD5 values are the ones GroupLens publishes beside each archive
 (``ml-100k.zip.md5`` ...), also recorded by torchtext and many other projects. GroupLens
@@ -32,7 +33,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
+from typing import BinaryIO, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 __all__ = ["ARCHIVES", "DEFAULT_BASE_URL", "Archive", "DownloadError", "download", "is_complete",
            "safe_extract", "verify_md5", "data_command"]
@@ -101,11 +102,12 @@ def is_complete(folder: PathLike, archive: Archive) -> bool:
     return all((Path(folder) / name).is_file() for name in archive.files)
 
 
-def safe_extract(zip_path: PathLike, to: PathLike, folder: str) -> Path:
+def safe_extract(zip_path: PathLike, to: PathLike, folder: str, name: Optional[str] = None) -> Path:
     """Unpacks ``zip_path`` and moves its top ``folder`` to ``to/folder`` in one rename.
 
     The members go to a temporary folder inside ``to`` first; a member with an absolute
-    path, a drive or a ``..`` part is refused before anything is written.
+    path, a drive or a ``..`` part is refused before anything is written. ``name`` is the
+    archive's name in messages (default: the file's).
 
     Returns:
         ``to/folder``.
@@ -114,24 +116,25 @@ def safe_extract(zip_path: PathLike, to: PathLike, folder: str) -> Path:
         DownloadError: a bad zip, an unsafe member, no ``folder`` in it, or ``to/folder`` exists.
     """
     to, target = Path(to), Path(to) / folder
+    name = name or Path(zip_path).name
     try:
         with zipfile.ZipFile(zip_path) as zf:
-            for name in zf.namelist():
-                parts = PurePosixPath(name.replace("\\", "/")).parts
-                if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-                    raise DownloadError(f"refusing to unpack {Path(zip_path).name}: unsafe member {name!r}")
+            for member in zf.namelist():
+                parts = PurePosixPath(member.replace("\\", "/")).parts
+                if member.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                    raise DownloadError(f"refusing to unpack {name}: unsafe member {member!r}")
             tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".tmp", dir=to))
             try:
                 zf.extractall(tmp)
                 if not (tmp / folder).is_dir():
-                    raise DownloadError(f"{Path(zip_path).name} has no top folder {folder}/")
+                    raise DownloadError(f"{name} has no top folder {folder}/")
                 if target.exists():
                     raise DownloadError(f"{target} appeared while unpacking; not replacing it")
                 os.rename(tmp / folder, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except zipfile.BadZipFile as e:
-        raise DownloadError(f"{Path(zip_path).name} is not a valid zip archive: {e}") from None
+        raise DownloadError(f"{name} is not a valid zip archive: {e}") from None
     return target
 
 
@@ -146,8 +149,8 @@ def _reason(e: BaseException, timeout: float) -> str:
     return str(e) or type(e).__name__
 
 
-def _fetch(url: str, part: Path, timeout: float, progress: Optional[Callable[[int, int], None]]) -> Tuple[str, str]:
-    """Streams ``url`` to ``part``; returns its (md5, sha256). Network errors raise DownloadError."""
+def _fetch(url: str, out: BinaryIO, timeout: float, progress: Optional[Callable[[int, int], None]]) -> Tuple[str, str]:
+    """Streams ``url`` to ``out``; returns its (md5, sha256). Network errors raise DownloadError."""
     def failed(e: BaseException) -> DownloadError:
         return DownloadError(f"could not download {url}: {_reason(e, timeout)} {HINT}")
 
@@ -159,7 +162,7 @@ def _fetch(url: str, part: Path, timeout: float, progress: Optional[Callable[[in
         raise failed(e) from None
     md5, sha256, got = hashlib.md5(), hashlib.sha256(), 0
     total = int(response.headers.get("Content-Length") or 0)
-    with response, open(part, "wb") as out:
+    with response:
         while True:
             try:
                 chunk = response.read(_CHUNK)
@@ -219,12 +222,14 @@ def download(name: str, to: PathLike, base_url: str = DEFAULT_BASE_URL, timeout:
             return target
         missing = [f for f in archive.files if not (target / f).is_file()]
         raise DownloadError(f"{target} exists but lacks {', '.join(missing)}; pass --force to replace it")
-    created = not to.exists()
+    created = [p for p in (to, *to.parents) if not p.exists()]  # the folders made here, deepest first
     to.mkdir(parents=True, exist_ok=True)
     url = base_url.rstrip("/") + "/" + archive.filename
-    part = to / f".{archive.filename}.part"
+    fd, name_part = tempfile.mkstemp(prefix=f".{archive.filename}.", suffix=".part", dir=to)  # O_EXCL: no link followed
+    part = Path(name_part)
     try:
-        got_md5, got_sha256 = _fetch(url, part, timeout, progress)
+        with os.fdopen(fd, "wb") as out:
+            got_md5, got_sha256 = _fetch(url, out, timeout, progress)
         checks = [("md5", md5 or archive.md5, got_md5)]
         if md5 is None and archive.sha256:
             checks.append(("sha256", archive.sha256, got_sha256))
@@ -232,17 +237,18 @@ def download(name: str, to: PathLike, base_url: str = DEFAULT_BASE_URL, timeout:
             if got != expected.lower():
                 raise DownloadError(f"checksum mismatch for {archive.filename}: expected {algo} {expected}, "
                                     f"got {got}; the download was corrupted or the file changed upstream")
-        _replace_folder(part, to, archive.folder)
+        _replace_folder(part, to, archive.folder, archive.filename)
         if keep_archive:
             os.replace(part, to / archive.filename)
     finally:
         part.unlink(missing_ok=True)
-        if created and not any(to.iterdir()):
-            to.rmdir()
+        for made in created:
+            if made.is_dir() and not any(made.iterdir()):
+                made.rmdir()
     return target
 
 
-def _replace_folder(zip_path: Path, to: Path, folder: str) -> None:
+def _replace_folder(zip_path: Path, to: Path, folder: str, name: str) -> None:
     """Unpacks ``zip_path`` into ``to/folder``; an existing folder is moved aside first and
     dropped once the new one is in place, or put back when unpacking fails."""
     target, old = to / folder, None
@@ -250,7 +256,7 @@ def _replace_folder(zip_path: Path, to: Path, folder: str) -> None:
         old = Path(tempfile.mkdtemp(prefix=f".{folder}.old.", dir=to))
         os.rename(target, old / folder)
     try:
-        safe_extract(zip_path, to, folder)
+        safe_extract(zip_path, to, folder, name)
     except BaseException:
         if old is not None:
             os.rename(old / folder, target)

@@ -98,8 +98,11 @@ class MovieLensReader:
     class Options:
         """``data_dir``: the folder of the official files (required); ``split``: as in :func:`load_movielens`."""
 
-        data_dir: Optional[str] = None
-        split: str = "auto"
+        data_dir: Optional[str] = field(default=None, metadata={
+            "help": "the folder of the dataset's files: MovieLens' official files, or Criteo's TSV file(s)"})
+        split: str = field(default="auto", metadata={
+            "help": "auto (ml-100k: u1.base/u1.test, else random), u1..u5, ua, ub (a canonical ml-100k split) or "
+                    "random (a seeded 80/20 split)"})
 
     @staticmethod
     def load(options: "MovieLensReader.Options", seed: int) -> LoadedData:

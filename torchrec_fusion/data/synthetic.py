@@ -104,8 +104,8 @@ class SyntheticReader:
     class Options:
         """``synthetic_rows``: rows before the split; ``synthetic_scale``: multiplies the table sizes."""
 
-        synthetic_rows: int = 200_000
-        synthetic_scale: float = 1.0
+        synthetic_rows: int = field(default=200_000, metadata={"help": "rows generated, before the train/test split"})
+        synthetic_scale: float = field(default=1.0, metadata={"help": "multiplies every table's size (its ids)"})
 
     @staticmethod
     def load(options: "SyntheticReader.Options", seed: int) -> LoadedData:

@@ -22,9 +22,17 @@ from torchrec_fusion.data.tabular_columns import TableColumns
 from torchrec_fusion.data.tabular_files import expand_files, fnv1a_64, suffix_format
 from torchrec_fusion.data.tabular_spec import FORMATS, SparseOptions, TableSpec, TaskColumn
 from torchrec_fusion.data.tabular_stream import TableStream, scan_num_embeddings
-from torchrec_fusion.data.types import LoadedData
+from torchrec_fusion.data.types import BatchSource, LoadedData
 
-__all__ = ["TableSpec", "SparseOptions", "TaskColumn", "TableStream", "TableReader", "load_tabular", "fnv1a_64"]
+__all__ = ["TableSpec", "SparseOptions", "TaskColumn", "TableStream", "TableReader", "TableData", "load_tabular",
+           "read_table_file", "fnv1a_64"]
+
+
+@dataclass
+class TableData(LoadedData):
+    """A table's splits, with the rows of the spec's ``validation`` files (None: it names none)."""
+
+    validation: Optional[MultiTaskData] = None
 
 
 class TableReader:
@@ -51,16 +59,16 @@ class TableReader:
         return loaded
 
 
-def load_tabular(spec: Union[TableSpec, Mapping[str, Any]], seed: int = 0) -> LoadedData:
-    """Reads the train (and test) files of ``spec`` into train and test splits.
+def load_tabular(spec: Union[TableSpec, Mapping[str, Any]], seed: int = 0) -> TableData:
+    """Reads the train (and test, validation) files of ``spec`` into train and test (and validation) splits.
 
     Args:
         spec: a :class:`TableSpec`, or the run config's ``table`` section as a dict.
         seed: seed of the train/test split when the spec gives no ``test`` files.
 
     Returns:
-        :class:`LoadedData` with ``info = {"dataset": "table", "files": [...], "rows": n, ...}``;
-        with ``stream: true`` its ``train`` is a :class:`TableStream` (test rows in memory).
+        :class:`TableData` with ``info = {"dataset": "table", "files": [...], "rows": n, ...}``;
+        with ``stream: true`` its ``train`` is a :class:`TableStream` (test and validation rows in memory).
 
     Raises:
         FileNotFoundError: a train or test entry matches no file.
@@ -79,18 +87,23 @@ def load_tabular(spec: Union[TableSpec, Mapping[str, Any]], seed: int = 0) -> Lo
     spec = spec if isinstance(spec, TableSpec) else TableSpec.from_dict(spec)
     train_files = expand_files(spec.train, "train")
     test_files = expand_files(spec.test, "test") if spec.test else []
-    fmt = _format(spec, train_files + test_files)
+    val_files = expand_files(spec.validation, "validation") if spec.validation else []
+    fmt = _format(spec, train_files + test_files + val_files)
     columns = TableColumns(spec, fmt)
-    for path in train_files + test_files:
+    for path in train_files + test_files + val_files:
         columns.check_file(path)
-    info: Dict[str, object] = {"dataset": "table", "format": fmt, "files": train_files + test_files}
+    info: Dict[str, object] = {"dataset": "table", "format": fmt, "files": train_files + test_files + val_files}
+    train: BatchSource
     if spec.stream:
-        stream, test = _streamed(columns, train_files, test_files, seed)
-        info.update(rows=len(stream) + len(test), train_rows=len(stream), test_rows=len(test), stream=True)
-        return LoadedData(stream, test, info)
-    train, test = _in_memory(columns, train_files, test_files, seed)
-    info.update(rows=len(train) + len(test), train_rows=len(train), test_rows=len(test), stream=False)
-    return LoadedData(train, test, info)
+        train, test, validation = _streamed(columns, train_files, test_files, seed, val_files)
+    else:
+        train, test, validation = _in_memory(columns, train_files, test_files, seed, val_files)
+    n_val = 0 if validation is None else len(validation)
+    if validation is not None and n_val == 0:
+        raise ValueError(f"table spec: validation: {val_files} hold no row")
+    info.update(rows=len(train) + len(test) + n_val, train_rows=len(train), test_rows=len(test), stream=spec.stream,
+                **({"validation_rows": n_val} if validation is not None else {}))
+    return TableData(train, test, info, validation=validation)
 
 
 def _format(spec: TableSpec, files: List[str]) -> str:
@@ -105,37 +118,59 @@ def _format(spec: TableSpec, files: List[str]) -> str:
     return fmt
 
 
-def _streamed(columns: TableColumns, train_files: List[str], test_files: List[str],
-              seed: int) -> Tuple[TableStream, MultiTaskData]:
+def _streamed(columns: TableColumns, train_files: List[str], test_files: List[str], seed: int,
+              val_files: List[str]) -> Tuple[TableStream, MultiTaskData, Optional[MultiTaskData]]:
     """The train rows as a :class:`TableStream`; the test rows (test files, or the rows the
-    stream holds out) in memory."""
+    stream holds out) and the validation files' rows in memory."""
     spec = columns.spec
     if columns.fmt != "parquet":
         raise ValueError("table spec: stream: streaming reads Parquet files only (row groups); "
                          "convert the CSV files to Parquet or set stream: false")
-    columns.num_embeddings.update(scan_num_embeddings(columns, train_files + test_files))
+    columns.num_embeddings.update(scan_num_embeddings(columns, train_files + test_files + val_files))
     n_emb = {k: int(v or 1) for k, v in columns.num_embeddings.items()}
     train = TableStream(spec, train_files, n_emb, None if test_files else (spec.test_fraction, seed))
+    validation = columns.concat([p for f in val_files for p in columns.read(f)], "table/validation") \
+        if val_files else None
     if test_files:
-        return train, columns.concat([p for f in test_files for p in columns.read(f)], "table/test")
-    return train, train.held_out_rows()
+        return train, columns.concat([p for f in test_files for p in columns.read(f)], "table/test"), validation
+    return train, train.held_out_rows(), validation
 
 
-def _in_memory(columns: TableColumns, train_files: List[str], test_files: List[str],
-               seed: int) -> Tuple[MultiTaskData, MultiTaskData]:
-    """The train and test rows in memory (test: the test files, or a seeded share of train), the
-    ``num_embeddings`` not in the spec inferred over both."""
+def _in_memory(columns: TableColumns, train_files: List[str], test_files: List[str], seed: int,
+               val_files: List[str]) -> Tuple[MultiTaskData, MultiTaskData, Optional[MultiTaskData]]:
+    """The train, test and validation rows in memory (test: the test files, or a seeded share of
+    train), the ``num_embeddings`` not in the spec inferred over all three."""
     train_parts = [p for f in train_files for p in columns.read(f)]
     test_parts = [p for f in test_files for p in columns.read(f)]
-    for k, v in columns.num_embeddings.items():  # inferred over train and test
+    val_parts = [p for f in val_files for p in columns.read(f)]
+    for k, v in columns.num_embeddings.items():  # inferred over train, test and validation
         if v is None:
-            columns.num_embeddings[k] = max([p.num_embeddings[k] for p in train_parts + test_parts], default=1)
+            columns.num_embeddings[k] = max([p.num_embeddings[k] for p in train_parts + test_parts + val_parts],
+                                            default=1)
     data = columns.concat(train_parts, "table/train")
     del train_parts
+    validation = columns.concat(val_parts, "table/validation") if val_files else None
     if test_files:
-        return data, columns.concat(test_parts, "table/test")
+        return data, columns.concat(test_parts, "table/test"), validation
     if len(data) < 2:
         raise ValueError(f"{train_files}: {len(data)} row(s) cannot be split into train and test")
     train, test = data.split(columns.spec.test_fraction, seed)
     train.source, test.source = "table/train", "table/test"
-    return train, test
+    return train, test, validation
+
+
+def read_table_file(spec: Union[TableSpec, Mapping[str, Any]], path: str,
+                    num_embeddings: Mapping[str, int]) -> MultiTaskData:
+    """The rows of ``path`` (a path, glob or folder) read with ``spec``'s columns and a trained model's
+    table sizes ``num_embeddings`` (an id outside them is an error naming the column, file and row,
+    unless the spec maps it: modulo or hash), so that a finished run can score any such file."""
+    spec = spec if isinstance(spec, TableSpec) else TableSpec.from_dict(spec)
+    files = expand_files([path], "--data")
+    columns = TableColumns(spec, _format(spec, files))
+    columns.num_embeddings.update({k: int(num_embeddings[k]) for k in spec.sparse})
+    for f in files:
+        columns.check_file(f)
+    rows = columns.concat([p for f in files for p in columns.read(f)], path)
+    if len(rows) == 0:
+        raise ValueError(f"{path}: no row to score")
+    return rows

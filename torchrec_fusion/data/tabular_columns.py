@@ -8,11 +8,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import torch
 
 from torchrec_fusion.data.dataset import MultiTaskData, SparseColumn
-from torchrec_fusion.data.tabular_files import fnv1a_64, is_list, is_numeric, is_str
+from torchrec_fusion.data.tabular_files import (
+    CSV_NULLS,
+    csv_bad_row,
+    fnv1a_64,
+    is_list,
+    is_numeric,
+    is_str,
+    parquet_batches,
+    parquet_file,
+)
 from torchrec_fusion.data.tabular_spec import TableSpec
 from torchrec_fusion.tasks import TaskKind
 
@@ -38,12 +46,17 @@ class TableColumns:
         tasks = [t.name for t in self.spec.tasks if t.column == c]
         return f"label column (task {tasks[0]!r})" if tasks else "id column"
 
+    def named(self, c: str) -> str:
+        """The column with its role, e.g. "label column 'y' (task 'click')"."""
+        head, _, tail = self.role(c).partition(" column")
+        return f"{head} column {c!r}{tail}"
+
     def check_file(self, path: str) -> None:
         """Missing columns and, for Parquet, column types; raises ``ValueError``."""
         if self.fmt == "csv":
             names, types = self._csv_header(path), None
         else:
-            schema = pq.ParquetFile(path).schema_arrow
+            schema = parquet_file(path).schema_arrow
             names, types = schema.names, {f.name: f.type for f in schema}
         missing = [c for c in self.needed if c not in names]
         if missing:
@@ -74,12 +87,12 @@ class TableColumns:
                                  "(string ids need out_of_range: hash and num_embeddings)")
 
     def _csv_header(self, path: str) -> List[str]:
-        with pa.input_stream(path, compression="detect") as f:
-            head = f.read(1 << 20).split(b"\n", 1)[0]
         try:
+            with pa.input_stream(path, compression="detect") as f:
+                head = f.read(1 << 20).split(b"\n", 1)[0]
             table = pacsv.read_csv(pa.BufferReader(head + b"\n"), parse_options=self._parse_options(path))
             return list(table.schema.names)
-        except pa.ArrowInvalid as e:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: cannot read a CSV header: {e}") from None
 
     def _parse_options(self, path: str) -> pacsv.ParseOptions:
@@ -99,22 +112,34 @@ class TableColumns:
         """The file's rows in record batches of at most ``chunk_rows`` rows, needed columns only."""
         n = self.spec.chunk_rows
         if self.fmt == "parquet":
-            yield from pq.ParquetFile(path).iter_batches(batch_size=n, columns=self.needed)
+            yield from parquet_batches(path, batch_size=n, columns=self.needed)
             return
         names = self._csv_header(path)
-        convert = pacsv.ConvertOptions(column_types=self.csv_types(), include_columns=self.needed)
+        types = self.csv_types()
+        convert = pacsv.ConvertOptions(column_types=types, include_columns=self.needed, null_values=CSV_NULLS)
         try:
             reader = pacsv.open_csv(path, parse_options=self._parse_options(path), convert_options=convert)
             for rb in reader:
                 for i in range(0, rb.num_rows, n):
                     yield rb.slice(i, n)
-        except pa.ArrowInvalid as e:
-            m = re.search(r"column #(\d+)", str(e))
-            c = names[int(m.group(1))] if m and int(m.group(1)) < len(names) else None
-            what = f"{self.role(c)} {c!r}" if c else "a column"
-            hint = ("; ids must be integers >= 0 (string ids need out_of_range: hash)"
-                    if c in self.spec.sparse else "")
-            raise ValueError(f"{path}: {what} holds a value of the wrong type ({e}){hint}") from None
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+            raise self._csv_error(path, names, types, e) from None
+
+    def _csv_error(self, path: str, names: List[str], types: Dict[str, pa.DataType], e: Exception) -> ValueError:
+        """pyarrow's error ``e`` reading a CSV file, with the column and the row it is about."""
+        m = re.search(r"column #(\d+)", str(e))
+        c = names[int(m.group(1))] if m and int(m.group(1)) < len(names) else None
+        delimiter = self._parse_options(path).delimiter
+        if re.search(r"Expected \d+ columns, got \d+", str(e)):
+            where = csv_bad_row(path, delimiter)
+            return ValueError(f"{path}{' ' + where if where else ''}: a row of the wrong number of cells "
+                              f"({len(names)} columns in the header): {e}")
+        if c is None:
+            return ValueError(f"{path}: not a readable CSV file ({e})")
+        where = csv_bad_row(path, delimiter, c, types.get(c))
+        hint = "; ids must be integers >= 0 (string ids need out_of_range: hash)" if c in self.spec.sparse else ""
+        return ValueError(f"{path}: {self.named(c)} holds a value of the wrong type"
+                          f"{' in ' + where if where else ''} ({e}){hint}")
 
     def ids(self, a: pa.Array, name: str, rows: np.ndarray, path: str) -> Tuple[torch.Tensor, Optional[np.ndarray]]:
         """The ids of one chunk of a sparse column, with per-row lengths (``None``: one id
@@ -157,13 +182,15 @@ class TableColumns:
         return torch.from_numpy(ids), lengths
 
     def labels(self, rb: pa.RecordBatch, rows: np.ndarray, path: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``[n, T]`` labels (0 where absent) and masks (False where the label is null or NaN)."""
+        """``[n, T]`` labels (0 where absent) and masks (False where the label is null); a NaN or inf
+        label is an error naming the column, file and row."""
         y = np.zeros((rb.num_rows, len(self.tasks)), np.float32)
         m = np.zeros(y.shape, bool)
         for j, (t, tc) in enumerate(zip(self.tasks, self.spec.tasks)):
-            v = rb.column(tc.column).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-            present = ~np.isnan(v)
-            bad = present & np.isinf(v)
+            col = rb.column(tc.column)
+            v = col.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+            present = col.is_valid().to_numpy(zero_copy_only=False)  # null: no label; NaN: an error
+            bad = present & ~np.isfinite(v)
             if t.kind == TaskKind.BINARY:
                 bad |= present & (v != 0) & (v != 1)
             elif t.kind == TaskKind.MULTICLASS:

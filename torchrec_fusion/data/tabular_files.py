@@ -1,14 +1,22 @@
 """Where a table's rows are: its files (paths, globs, folders) and their format, the stable
 string hash of string ids, and the seeded per-row coin of the train/test split."""
 
+import csv
 import glob
+import io
 import os
-from typing import List, Optional, Sequence, Union
+import re
+from typing import Any, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-__all__ = ["fnv1a_64", "held_out_mask", "expand_files", "suffix_format", "is_str", "is_list", "is_numeric"]
+__all__ = ["fnv1a_64", "held_out_mask", "expand_files", "suffix_format", "is_str", "is_list", "is_numeric",
+           "parquet_file", "parquet_batches", "csv_bad_row", "CSV_NULLS"]
+
+# the CSV cells read as null (a missing label, no id, a dense 0); "nan" is not one: a NaN label is an error
+CSV_NULLS = ["", "NA", "N/A", "null", "NULL"]
 
 _SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".csv": "csv", ".tsv": "csv"}
 _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
@@ -81,3 +89,61 @@ def suffix_format(path: str) -> Optional[str]:
         name = name[: -len(c)] if name.endswith(c) else name
     return _SUFFIXES.get(os.path.splitext(name)[1])
 
+
+
+def parquet_file(path: str) -> pq.ParquetFile:
+    """``path`` opened as Parquet; an unreadable file (truncated, not Parquet) is a ``ValueError`` naming it."""
+    try:
+        pf = pq.ParquetFile(path)
+        _ = pf.schema_arrow  # a damaged footer's schema fails here, not later without the file's name
+        return pf
+    except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: e.g. a UnicodeDecodeError of a name
+        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def parquet_batches(path: str, pf: Optional[pq.ParquetFile] = None, **kw: Any) -> Iterator[pa.RecordBatch]:
+    """``pf.iter_batches(**kw)`` of the file at ``path``; a damaged page is a ``ValueError`` naming the file."""
+    batches = (pf or parquet_file(path)).iter_batches(**kw)
+    while True:
+        try:
+            rb = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise ValueError(f"{path}: a damaged Parquet file ({e})") from None
+        yield rb
+
+
+def _parses(cell: str, kind: Optional[pa.DataType]) -> bool:
+    if kind is None or cell in CSV_NULLS or pa.types.is_string(kind):
+        return True
+    if pa.types.is_integer(kind):
+        return re.fullmatch(r"[+-]?[0-9]+", cell) is not None and -(2**63) <= int(cell) < 2**63
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def csv_bad_row(path: str, delimiter: str, column: Optional[str] = None,
+                kind: Optional[pa.DataType] = None) -> Optional[str]:
+    """Where the first bad row of a CSV file is ("row R (line L)", R counting data rows from 0): a row
+    of the wrong number of cells, or (``column``) one whose cell is no ``kind``. pyarrow's errors name
+    neither, so the file is read again, on the error path only. None when no row is found."""
+    try:
+        with pa.input_stream(path, compression="detect") as raw:
+            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""),
+                                delimiter=delimiter)
+            header = next(reader)
+            j = header.index(column) if column in header else None
+            row = 0
+            for cells in reader:
+                if not cells:
+                    continue  # pyarrow skips empty lines
+                if len(cells) != len(header) or (j is not None and not _parses(cells[j], kind)):
+                    return f"row {row} (line {reader.line_num})"
+                row += 1
+    except (csv.Error, StopIteration, OSError, pa.ArrowException):
+        return None
+    return None

@@ -5,8 +5,9 @@ id features, dense features, labels, users and items (YAML; TOML has the same ke
     table:
       train: data/train-*.parquet      # a path, a glob, a folder or a list of them
       test: data/test.parquet          # optional; else test_fraction (0.1) of train, split by seed
+      validation: data/valid.parquet   # optional: evaluated after every epoch (early stopping), never test
       sparse:
-        user_id: {}                    # num_embeddings inferred: max id + 1 over train and test
+        user_id: {}                    # num_embeddings inferred: max id + 1 over train, test, validation
         item_id: {num_embeddings: 50000, out_of_range: modulo}
         tags: {multi_valued: true, pooling: mean}      # list<int>, or "3|17|5" strings
         city: {num_embeddings: 4096, out_of_range: hash}   # string ids, FNV-1a 64 hashed
@@ -165,6 +166,7 @@ class TableSpec:
     dense: List[str] = field(default_factory=list)
     format: Optional[str] = None
     test: Optional[List[str]] = None
+    validation: Optional[List[str]] = None
     test_fraction: float = 0.1
     dense_transform: Optional[str] = None
     user_column: Optional[str] = None
@@ -187,6 +189,7 @@ class TableSpec:
     def __post_init__(self) -> None:
         self.train = _str_list(self.train, "train")
         self.test = None if self.test is None else _str_list(self.test, "test")
+        self.validation = None if self.validation is None else _str_list(self.validation, "validation")
         if not self.train:
             _fail("train", "names no file")
         if not isinstance(self.tasks, (list, tuple)) or not self.tasks:

@@ -10,7 +10,7 @@ import torch
 from torchrec_fusion.data.batch import MultiTaskBatch
 from torchrec_fusion.data.dataset import MultiTaskData
 from torchrec_fusion.data.tabular_columns import TableColumns
-from torchrec_fusion.data.tabular_files import held_out_mask
+from torchrec_fusion.data.tabular_files import held_out_mask, parquet_batches, parquet_file
 from torchrec_fusion.data.tabular_spec import TableSpec
 from torchrec_fusion.tasks import TaskSpec
 
@@ -54,7 +54,7 @@ class TableStream:
         segs = []  # file, row group, first row in the file, first global row, rows, kept rows
         start = 0
         for f, path in enumerate(self.files):
-            md, in_file = pq.ParquetFile(path).metadata, 0
+            md, in_file = parquet_file(path).metadata, 0
             for g in range(md.num_row_groups):
                 n = md.row_group(g).num_rows
                 kept = n - int(self._held_mask(start, n).sum()) if held_out else n
@@ -122,9 +122,9 @@ class TableStream:
                 pos = kept[chosen]
             if not len(pos):
                 continue
-            pf = files.setdefault(f, pq.ParquetFile(self.files[f]))
+            pf = files.setdefault(f, parquet_file(self.files[f]))
             p0 = 0
-            for rb in pf.iter_batches(batch_size=self._cols.spec.chunk_rows, row_groups=[g],
+            for rb in parquet_batches(self.files[f], pf, batch_size=self._cols.spec.chunk_rows, row_groups=[g],
                                       columns=columns or self._cols.needed):
                 m = rb.num_rows
                 lo, hi = np.searchsorted(pos, [p0, p0 + m])
@@ -214,7 +214,7 @@ def scan_num_embeddings(columns: TableColumns, files: List[str]) -> Dict[str, in
     out = dict.fromkeys(todo, 1)
     for path in files if todo else []:
         row = 0
-        for rb in pq.ParquetFile(path).iter_batches(batch_size=columns.spec.chunk_rows, columns=todo):
+        for rb in parquet_batches(path, batch_size=columns.spec.chunk_rows, columns=todo):
             rows = np.arange(row, row + rb.num_rows)
             for k in todo:
                 ids, _ = columns.ids(rb.column(k), k, rows, path)

@@ -2,7 +2,7 @@
 and the plan broadcast to every rank (a planner error too, so that no rank is left waiting)."""
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Type, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -12,7 +12,7 @@ from torchrec.distributed.planner.types import ParameterConstraints, PlannerErro
 from torchrec.distributed.types import ShardingPlan
 
 from torchrec_fusion.distributed.launcher import DistContext
-from torchrec_fusion.distributed.optimizers import EMBEDDING_OPTIMIZERS, choose
+from torchrec_fusion.distributed.optimizers import EMBEDDING_OPTIMIZERS, choose, optimizer_state_bytes
 from torchrec_fusion.distributed.sharders import (
     SHARDING_TYPES,
     CpuEmbeddingBagCollectionSharder,
@@ -197,3 +197,54 @@ def describe_plan(plan: ShardingPlan) -> str:
             lines.append(f"  {module_path or '<root>'}.{table}: {ps.sharding_type} / {ps.compute_kernel}, "
                          f"{shards} shard(s) on ranks {ranks}")
     return "sharding plan:\n" + "\n".join(lines)
+
+
+# tables replicated on every rank up to this many bytes in all are worth a try (see summarize_plan)
+SMALL_TABLES_BYTES = 256 * 2**20
+
+
+def _plan_bytes(plan: ShardingPlan, world_size: int, shapes: Mapping[str, Tuple[int, int]],
+                embedding_optimizer: Optional[str]) -> Tuple[List[int], int]:
+    """Bytes per rank (fp32 weights + optimizer state) and the bytes of every table held once;
+    a data_parallel table counts whole on each rank, and only when ``shapes`` has it."""
+    per_rank, whole = [0] * world_size, 0
+    for params in plan.plan.values():
+        for table, ps in params.items():
+            if ps.sharding_spec is not None:
+                for shard in ps.sharding_spec.shards:
+                    rows, cols = shard.shard_sizes
+                    size = rows * cols * 4 + optimizer_state_bytes(embedding_optimizer, rows, cols)
+                    per_rank[shard.placement.rank()] += size
+                    whole += size
+            elif table in shapes:
+                rows, cols = shapes[table]
+                size = rows * cols * 4 + optimizer_state_bytes(embedding_optimizer, rows, cols)
+                for r in ps.ranks or range(world_size):
+                    per_rank[r] += size
+                whole += size
+    return per_rank, whole
+
+
+def summarize_plan(plan: ShardingPlan, world_size: int, shapes: Optional[Mapping[str, Tuple[int, int]]] = None,
+                   embedding_optimizer: Optional[str] = "rowwise_adagrad", batch_size: Optional[int] = None) -> str:
+    """The plan in a few lines (:func:`describe_plan` has one per table): tables per sharding type,
+    table bytes per rank, and, when several ranks shard small tables, what to compare.
+    ``shapes``: rows and columns per table name (data_parallel tables are counted only with it)."""
+    types: Dict[str, int] = {}
+    for params in plan.plan.values():
+        for ps in params.values():
+            types[ps.sharding_type] = types.get(ps.sharding_type, 0) + 1
+    kinds = ", ".join(f"{t} {n}" for t, n in sorted(types.items(), key=lambda kv: -kv[1]))
+    per_rank, whole = _plan_bytes(plan, world_size, shapes or {}, embedding_optimizer)
+    lines = [f"sharding plan: {sum(types.values())} table(s) on {world_size} rank(s): {kinds}",
+             f"  table bytes per rank (weights + {embedding_optimizer} state): "
+             + ", ".join(f"rank {r} {n / 2**20:,.1f} MiB" for r, n in enumerate(per_rank))]
+    sharded = sum(n for t, n in types.items() if t != "data_parallel")
+    if world_size > 1 and sharded and whole <= SMALL_TABLES_BYTES:
+        tries = ["--sharding-type data_parallel (every table replicated: no all-to-all per step, their gradients "
+                 "all-reduced instead)"]
+        if batch_size is not None and batch_size <= 512:
+            tries.append(f"a larger --batch-size than {batch_size} per rank (fewer, larger steps)")
+        lines.append(f"  the tables take {whole / 2**20:,.1f} MiB in all, few enough to replicate; for speed, "
+                     "compare\n    " + "\n    and ".join(tries))
+    return "\n".join(lines)

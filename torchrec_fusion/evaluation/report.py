@@ -73,12 +73,48 @@ def _figure(ax: Axes) -> Figure:
     return fig
 
 
-def _lines(ax: Axes, x: Sequence[float], series: Series, title: str, ylabel: str, xlabel: str = "epoch") -> None:
-    for name, y in series.items():
-        ax.plot(x, y, marker="o" if len(x) < 30 else None, label=name)
+# a y axis starts at 0 unless the values' spread is below this share of the largest: it is then zoomed, and says so
+ZOOM_BELOW = 0.2
+# runs with at most this many evaluations are drawn as points (a line between 2 points suggests a trend)
+POINTS_UP_TO = 3
+_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+
+
+def _y_axis(ax: Axes, values: Sequence[float]) -> None:
+    """The y axis from 0 for non-negative values, unless that would flatten their differences: then
+    the axis stays zoomed on them, marked in the title and the axis label."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size or v.min() < 0:
+        return
+    lo, hi = float(v.min()), float(v.max())
+    if hi == lo or hi - lo >= ZOOM_BELOW * hi:  # (a flat series has nothing to zoom on)
+        ax.set_ylim(0, hi * 1.08 if hi > 0 else 1)
+        return
+    ax.set_title(ax.get_title() + " [zoomed]")
+    ax.set_ylabel(f"{ax.get_ylabel()} (zoomed: axis not from 0)")
+
+
+def _lines(ax: Axes, x: Sequence[float], series: Series, title: str, ylabel: str, xlabel: str = "epoch",
+           y_range: Optional[Tuple[float, float]] = None, distinct: bool = False) -> None:
+    """One line per series over ``x`` (points only for short runs); the y axis from :func:`_y_axis` or
+    ``y_range``. ``distinct``: each series its own dash and marker, drawn thinner in turn, so that
+    equal series (fixed task weights) stay visible on top of each other."""
+    short = 0 < len(x) <= POINTS_UP_TO
+    for i, (name, y) in enumerate(series.items()):
+        dash, mark = _STYLES[i % len(_STYLES)] if distinct else ("-", "o")
+        shrink = 0.6 ** i if distinct else 1.0
+        ax.plot(x, y, ls="none" if short else dash, marker=mark if len(x) < 30 else None, label=name,
+                lw=2.5 * shrink + 0.5, ms=(9 if short else 6) * shrink + 3, alpha=0.9)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if short:  # a little room either side of the few points
+        ax.set_xlim(min(x) - 0.5, max(x) + 0.5)
     ax.grid(alpha=0.3)
+    if y_range is not None:
+        ax.set_ylim(*y_range)
+    else:
+        _y_axis(ax, [v for y in series.values() for v in y])
     if series:
         ax.legend(fontsize="small")
 
@@ -92,14 +128,19 @@ def _steps(ax: Axes, series: Series, title: str, marks: Sequence[float]) -> None
     for m in marks:
         ax.axvline(m + 0.5, color="grey", ls=":", lw=1)
     _lines(ax, [], {}, title, "loss", "step")
+    _y_axis(ax, [v for y in series.values() for v in y])
     ax.legend(fontsize="small")
 
 
-def _lines_figure(series: Series, x: List[float], title: str, ylabel: str) -> Optional[Figure]:
+def _weights_figure(series: Series, x: List[float], title: str) -> Optional[Figure]:
+    """Weights per epoch, each series in its own style (equal weights overlap); the title says when
+    every series is the same."""
     if not series:
         return None
     ax = _panels(1)[0]
-    _lines(ax, x, series, title, ylabel)
+    values = list(series.values())
+    same = len(values) > 1 and all(np.allclose(v, values[0], equal_nan=True) for v in values[1:])
+    _lines(ax, x, series, title + (" (all equal)" if same else ""), "weight", distinct=True)
     return _figure(ax)
 
 
@@ -173,14 +214,14 @@ def _gates_figure(history: List[Dict[str, Any]], x: List[float]) -> Optional[Fig
         ax = fig.add_subplot(gs[1 + i // cols, i % cols])
         per_epoch = [[_num(v) for v in _list(_dict(_dict(e.get("gates")).get(t)).get("mean_weight"))] for e in history]
         series = {f"expert {j}": [w[j] if j < len(w) else math.nan for w in per_epoch] for j in range(n)}
-        _lines(ax, x, series, t + (" (collapsed)" if last[t].get("collapsed") is True else ""), "mean gate weight")
+        _lines(ax, x, series, t + (" (collapsed)" if last[t].get("collapsed") is True else ""), "mean gate weight",
+               y_range=(0, 1))
         hit = [(xe, max(w)) for xe, w, e in zip(x, per_epoch, history)
                if w and _dict(_dict(e.get("gates")).get(t)).get("collapsed") is True]
         if hit:
             xs, ys = zip(*hit)
             ax.scatter(xs, ys, s=150, facecolors="none", edgecolors="red", zorder=3, label="collapsed")
             ax.legend(fontsize="small")
-        ax.set_ylim(0, 1)
     return fig
 
 
@@ -231,17 +272,24 @@ def _figures(result: Mapping[str, Any], history: List[Dict[str, Any]], x: List[f
     method = _dict(result.get("fused")).get("method", cfg.get("fusion", "?"))
     return [
         ("loss.png", lambda: _loss_figure(result, history, x),
-         "Training loss per step (faint: raw, bold: moving average) and mean per epoch."),
-        ("metrics.png", lambda: _metrics_figure(history, x), "Evaluation metrics per epoch, one line per task."),
+         "Training loss per step (faint: raw, bold: moving average; dotted: evaluations) and mean per epoch. "
+         "Look for the bold line falling, then flattening; a rise means too high a learning rate."),
+        ("metrics.png", lambda: _metrics_figure(history, x),
+         "Evaluation metrics per epoch, one line per task; axes start at 0 unless marked [zoomed]. Look for AUC "
+         "rising and log-loss, RMSE and MAE falling; the epoch where one turns is where training should stop."),
         ("gates.png", lambda: _gates_figure(history, x),
-         "Gate weights per expert: last epoch (top) and per epoch (bottom); circled: collapsed gate. "
+         "Gate weights per expert: last epoch (top) and per epoch (bottom); circled: collapsed gate. Look for each "
+         "task spreading its weight over several experts; one expert taking nearly all of it is a collapse. "
          + (f"Collapsed at the end: {', '.join(gates)}." if gates else "No gate collapsed at the end.")),
-        ("task_weights.png", lambda: _lines_figure(_by_epoch(history, lambda e: e.get("task_weights")), x,
-                                                   f"task loss weights ({cfg.get('balancing', '?')})", "weight"),
-         "Loss weight of each task per epoch, as the balancing strategy set it."),
-        ("fusion_weights.png", lambda: _lines_figure(
-            _by_epoch(history, lambda e: _dict(e.get("fused")).get("weights")), x, f"fusion weights ({method})",
-            "weight"), "Weight of each task score in the fused score, per epoch."),
+        ("task_weights.png", lambda: _weights_figure(_by_epoch(history, lambda e: e.get("task_weights")), x,
+                                                     f"task loss weights ({cfg.get('balancing', '?')})"),
+         "Loss weight of each task per epoch, as the balancing strategy set it (each task in its own style: equal "
+         "weights lie on top of each other). Look for a task whose weight runs away from the others: that task "
+         "dominates the shared layers."),
+        ("fusion_weights.png", lambda: _weights_figure(
+            _by_epoch(history, lambda e: _dict(e.get("fused")).get("weights")), x, f"fusion weights ({method})"),
+         "Weight of each task score in the fused score, per epoch. Look for weights that settle: a score near "
+         "weight 0 adds nothing to the fused ranking."),
     ]
 
 

@@ -56,13 +56,40 @@ def _faiss_chunk(index: Any, users: torch.Tensor, k: int, num_items: int, mask: 
     return scores.masked_fill(drop, float("-inf")), ids
 
 
-def top_k(user_vecs: torch.Tensor, item_vecs: torch.Tensor, k: int, exclude: Optional[Exclude] = None,
-          backend: str = "auto", users_per_chunk: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
+class ItemIndex:
+    """The item vectors ready to search, built once for many :func:`top_k` calls (a FAISS
+    ``IndexFlatIP`` copies the ``[N, d]`` vectors into its own storage).
+
+    Args:
+        item_vecs: ``[N, d]`` item vectors, row ``j`` item ``j``.
+        backend: as :func:`top_k`'s.
+    """
+
+    def __init__(self, item_vecs: torch.Tensor, backend: str = "auto") -> None:
+        if backend not in _BACKENDS:
+            raise ValueError(f"top_k backend must be one of {list(_BACKENDS)}, got {backend!r}")
+        faiss = faiss_module() if backend != "torch" else None
+        if backend == "faiss" and faiss is None:
+            raise ValueError("top_k backend 'faiss' needs the faiss-cpu package (pip install faiss-cpu)")
+        self.item_vecs = item_vecs
+        self.faiss: Optional[Any] = None
+        if faiss is not None:
+            self.faiss = faiss.IndexFlatIP(item_vecs.size(1))
+            self.faiss.add(item_vecs.detach().float().cpu().contiguous().numpy())
+
+    def __len__(self) -> int:
+        return self.item_vecs.size(0)
+
+
+def top_k(user_vecs: torch.Tensor, item_vecs: Union[torch.Tensor, ItemIndex], k: int,
+          exclude: Optional[Exclude] = None, backend: str = "auto", users_per_chunk: int = 1024
+          ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` items of highest ``user . item`` for each user, best first.
 
     Args:
         user_vecs: ``[U, d]`` user vectors.
-        item_vecs: ``[N, d]`` item vectors, row ``j`` item ``j``.
+        item_vecs: ``[N, d]`` item vectors, row ``j`` item ``j``, or an :class:`ItemIndex` of them
+            (built once for many calls; its backend is then used, ``backend`` is ignored).
         k: the items per user (at most ``N`` are returned).
         exclude: items never returned (a user's seen items): ``[U, N]`` bool, or a function of
             ``(start, end)`` giving the rows of users ``start..end-1``, so that no ``[U, N]`` mask
@@ -81,24 +108,16 @@ def top_k(user_vecs: torch.Tensor, item_vecs: torch.Tensor, k: int, exclude: Opt
         scores, ids = top_k(users, items, 2, exclude=torch.tensor([[True, False, False]]), backend="torch")
         assert ids.tolist() == [[1, 2]] and scores.tolist() == [[2.0, 1.0]]
     """
-    if backend not in _BACKENDS:
-        raise ValueError(f"top_k backend must be one of {list(_BACKENDS)}, got {backend!r}")
-    faiss = faiss_module() if backend != "torch" else None
-    if backend == "faiss" and faiss is None:
-        raise ValueError("top_k backend 'faiss' needs the faiss-cpu package (pip install faiss-cpu)")
-    num_items, k = item_vecs.size(0), min(k, item_vecs.size(0))
-    index = None
-    if faiss is not None:
-        index = faiss.IndexFlatIP(item_vecs.size(1))
-        index.add(item_vecs.detach().float().cpu().contiguous().numpy())
+    index = item_vecs if isinstance(item_vecs, ItemIndex) else ItemIndex(item_vecs, backend)
+    num_items, k = len(index), min(k, len(index))
     scores, ids = [], []
     for start in range(0, user_vecs.size(0), users_per_chunk):
         end = min(start + users_per_chunk, user_vecs.size(0))
         mask = _chunk_mask(exclude, start, end)
-        if index is None:
-            s, i = _torch_chunk(user_vecs[start:end], item_vecs, k, mask)
+        if index.faiss is None:
+            s, i = _torch_chunk(user_vecs[start:end], index.item_vecs, k, mask)
         else:
-            s, i = _faiss_chunk(index, user_vecs[start:end], k, num_items, mask)
+            s, i = _faiss_chunk(index.faiss, user_vecs[start:end], k, num_items, mask)
         scores.append(s.float().to(user_vecs.device))
         ids.append(i.masked_fill(s.isneginf(), -1).to(user_vecs.device))
     if not scores:

@@ -37,8 +37,8 @@ def votes(scores: Scores, thresholds: Thresholds = 0.5, weights: Optional[Sequen
     s = stack_scores(scores)
     yes = (s >= _per_ranker(thresholds, s, "threshold")).to(s.dtype)
     w = _per_ranker(1.0 if weights is None else weights, s, "weight").expand(s.shape[0], *[1] * (s.dim() - 1))
-    if (w < 0).any() or w.sum() <= 0:
-        raise ValueError("vote weights must be non-negative with a positive sum")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"vote weights must be finite and >= 0 with a positive sum, got {w.flatten().tolist()}")
     return (w * yes).sum(0) / w.sum()
 
 

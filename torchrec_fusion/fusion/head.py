@@ -31,6 +31,11 @@ class FusionHead(nn.Module):
         options: the member's options by name (its ``Options``: ``normalizer``, ``weights``, ``hidden``).
         legacy: the same options as keyword arguments (``normalizer=``, ``weights=``, ``hidden=``);
             None values are left out.
+        anchor: a binary task (the fusion's target): the fused logit is that task's own logit plus
+            the fusion's output, which starts at 0 (:meth:`TrainableFusion.start_at_zero`). Untrained, the
+            fused score is then exactly the target's score, and training moves it only where the other
+            scores help on the target: a learnt fusion starts from its best-placed input, never below it.
+            Fixed ``weights`` and members that cannot start at 0 are not anchored.
 
     Example::
 
@@ -38,10 +43,13 @@ class FusionHead(nn.Module):
         logit = head({"click": torch.rand(8), "rating": 1 + 4 * torch.rand(8)}, torch.randn(8, 4))
         assert logit.shape == (8,) and torch.allclose(head.weights().sum(), torch.tensor(1.0))
         assert FusionHead("gated", ["a", "b"], 4, {"hidden": [8]}).fusion.options.hidden == [8]
+        anchored = FusionHead("stacking", ["click", "rating"], 4, anchor="click")
+        p = {"click": torch.tensor([0.2, 0.7]), "rating": torch.tensor([4.0, 1.0])}
+        assert torch.allclose(torch.sigmoid(anchored(p, torch.randn(2, 4))), p["click"])
     """
 
     def __init__(self, method: str, task_names: Sequence[str], context_dim: int = 0,
-                 options: Optional[Mapping[str, Any]] = None, **legacy: Any) -> None:
+                 options: Optional[Mapping[str, Any]] = None, anchor: Optional[str] = None, **legacy: Any) -> None:
         super().__init__()
         member = TRAINABLE_FUSIONS[method]
         values = dict(options or {})
@@ -57,10 +65,17 @@ class FusionHead(nn.Module):
         self.task_names = list(task_names)
         self.fusion = member(self.task_names, context_dim,
                              TRAINABLE_FUSIONS.options(method, values, where=f"fusion {method!r} options"))
+        if anchor is not None and anchor not in self.task_names:
+            raise ValueError(f"fusion anchor {anchor!r} is not one of the fused tasks {self.task_names}")
+        fixed = values.get("weights") is not None
+        self.anchor = anchor if anchor is not None and not fixed and self.fusion.start_at_zero() else None
 
     def forward(self, preds: Dict[str, torch.Tensor], context: torch.Tensor) -> torch.Tensor:
         """The fused logit ``[B]`` (its sigmoid is the fused probability)."""
         fused: torch.Tensor = self.fusion({t: preds[t].detach().float() for t in self.task_names}, context.detach())
+        if self.anchor is not None:
+            p = preds[self.anchor].detach().float().clamp(1e-6, 1 - 1e-6)
+            fused = fused + (p.log() - (-p).log1p())
         return fused
 
     def weights(self) -> Optional[torch.Tensor]:

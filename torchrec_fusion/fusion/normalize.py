@@ -95,14 +95,15 @@ def percentile(scores: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
 def normalize(scores: torch.Tensor, method: str, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
     """Normalises each list along ``dim`` with its own statistics (per user / query). NaN marks a
     candidate missing from the list: it is ignored by the statistics and stays NaN; +/-inf raise.
-    ``rank`` gives the mid-rank percentile ``(#below + (#equal - 1) / 2) / (n - 1)`` among the list's
-    ``n`` values (0 for a list of one).
+    A constant list is 0 under ``minmax`` and ``zscore``. ``rank`` gives the mid-rank percentile
+    ``(#below + (#equal - 1) / 2) / (n - 1)`` among the list's ``n`` values (0 for a list of one).
 
     Example::
 
         s = torch.tensor([[1., 3., float("nan"), 2.]])
         assert torch.allclose(normalize(s, "minmax"), torch.tensor([[0., 1., float("nan"), .5]]), equal_nan=True)
         assert torch.allclose(normalize(s, "rank"), torch.tensor([[0., 1., float("nan"), .5]]), equal_nan=True)
+        assert normalize(torch.full((1, 7), .3), "zscore").eq(0).all()
     """
     check_scores(scores, allow_nan=True)
     if method not in METHODS:
@@ -112,16 +113,17 @@ def normalize(scores: torch.Tensor, method: str, dim: int = -1, eps: float = 1e-
         return scores.clone()
     miss = torch.isnan(x)
     n = (~miss).sum(-1, keepdim=True)
+    lo = torch.where(miss, torch.inf, x).amin(-1, keepdim=True)
+    hi = torch.where(miss, -torch.inf, x).amax(-1, keepdim=True)
     if method == "logit":
         out = logit(x)
     elif method == "minmax":
-        lo = torch.where(miss, torch.inf, x).amin(-1, keepdim=True)
-        hi = torch.where(miss, -torch.inf, x).amax(-1, keepdim=True)
         out = minmax(x, lo, hi, eps)
     elif method == "zscore":
         mean = x.nanmean(-1, keepdim=True)
         std = ((x - mean) ** 2).nansum(-1, keepdim=True).div(n.clamp_min(1)).sqrt()
-        out = zscore(x, mean, std, eps)
+        # a constant list is 0, exactly: the mean's rounding error over a clamped std would not be
+        out = torch.where(hi == lo, 0.0, zscore(x, mean, std, eps))
     else:
         s = torch.where(miss, torch.inf, x).sort(-1).values.contiguous()
         below = torch.searchsorted(s, x.contiguous())

@@ -11,19 +11,22 @@ all of them), or one tensor ``[K, U, N]``; any leading shape ``[..., N]`` works.
 * the fused output is ``[U, N]``, higher = better, and ``NaN`` for a candidate no ranker listed.
 * score-based methods (``comb*``) combine scores as given: normalise them first, e.g. ``fuse(...,
   norm="minmax")`` normalises each ranker's list per user (:func:`~torchrec_fusion.fusion.normalize.normalize`).
-* ``weights`` (one per ranker) scale each ranker's contribution where supported.
+* ``weights`` (one per ranker, finite, >= 0, not all 0) scale each ranker's contribution where supported
+  (RRF, Borda, CombSUM, CombMNZ); MAX/MIN/MED/ANZ take none (a weight would change a score's scale, not
+  its say, and :func:`aggregate` refuses them there).
 
 :data:`RANK_FUSIONS` registers each method with what it supports (:class:`RankFusion`: weights, its
 normalisation, its options); :func:`aggregate` runs one as registered. Adding a method is its function
 and one ``RANK_FUSIONS.register`` line.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
-from torchrec_fusion.fusion.normalize import check_scores, normalize
+from torchrec_fusion.fusion.normalize import METHODS, check_scores, normalize
 from torchrec_fusion.registry import NoOptions, Registry, options_dict
 
 Scores = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -64,6 +67,8 @@ def _weights(weights: Optional[Sequence[float]], s: torch.Tensor) -> torch.Tenso
     w = torch.as_tensor(weights, dtype=s.dtype)
     if w.shape != (s.shape[0],):
         raise ValueError(f"expected {s.shape[0]} weights (one per ranker), got {tuple(w.shape)}")
+    if not torch.isfinite(w).all() or (w < 0).any() or not (w > 0).any():
+        raise ValueError(f"weights must be finite and >= 0, not all 0; got {w.tolist()}")
     return w.reshape(-1, *[1] * (s.dim() - 1))
 
 
@@ -80,7 +85,8 @@ def _ranks_of(scores: Scores, ranked: bool) -> torch.Tensor:
 def rrf(scores: Scores, k: float = 60.0, weights: Optional[Sequence[float]] = None,
         ranked: bool = False) -> torch.Tensor:
     """Reciprocal rank fusion (Cormack et al., 2009): ``sum_k w_k / (k + rank_k)``, 1-based ranks,
-    missing candidates contribute 0. ``ranked=True``: the inputs already are 1-based ranks (NaN = missing).
+    missing candidates contribute 0; ``k`` is finite and >= 0. ``ranked=True``: the inputs already are
+    1-based ranks (NaN = missing).
 
     Example::
 
@@ -89,6 +95,8 @@ def rrf(scores: Scores, k: float = 60.0, weights: Optional[Sequence[float]] = No
         f = rrf([a, b], k=1)                                    # 1/2 + 1/3, 1/3, 1/4 + 1/2
         assert torch.allclose(f, torch.tensor([[5 / 6, 1 / 3, 3 / 4]]))
     """
+    if not (math.isfinite(k) and k >= 0):
+        raise ValueError(f"RRF k must be finite and >= 0, got {k}")
     r = _ranks_of(scores, ranked)
     return _finish((_weights(weights, r) / (k + r)).nansum(0), r)
 
@@ -253,25 +261,42 @@ def fuse(name: str, scores: Scores, norm: Optional[str] = None, **kwargs: Any) -
     return fusion(s, **kwargs)
 
 
+def _norm_of(name: str, fusion: RankFusion, norm: str) -> Optional[str]:
+    """The normalisation :func:`aggregate` applies: the entry's (``auto``), none, or one of ``METHODS``,
+    which a rank-based fusion refuses (its ranks would not change)."""
+    if norm not in ("auto", *METHODS):
+        raise ValueError(f"unknown normalisation {norm!r}; expected 'auto' or one of {METHODS}")
+    if norm == "auto":
+        return fusion.norm
+    if fusion.norm is None and norm != "none":
+        takers = sorted(n for n, f in RANK_FUSIONS.items() if f.norm is not None)
+        raise ValueError(f"fusion {name!r} fuses ranks, which normalisation {norm!r} does not change; "
+                         f"a normalisation applies to {takers}")
+    return None if norm == "none" else norm
+
+
 def aggregate(name: str, scores: Scores, weights: Optional[Sequence[float]] = None,
-              options: Optional[Mapping[str, Any]] = None) -> torch.Tensor:
-    """Runs fusion ``name`` as registered: each list normalised per user by the entry's ``norm``, its
+              options: Optional[Mapping[str, Any]] = None, norm: str = "auto") -> torch.Tensor:
+    """Runs fusion ``name`` as registered: each list normalised per user by the entry's ``norm`` (or
+    by ``norm``: ``none`` fuses raw scores; a rank-based fusion takes ``auto`` or ``none`` only), its
     ``options`` checked against the entry's ``Options``, ``weights`` only where the entry takes them.
 
     Example::
 
         a, b = torch.tensor([[0., 5., 10.]]), torch.tensor([[1., 0., float("nan")]])
         assert aggregate("combsum", [a, b]).allclose(fuse("combsum", [a, b], norm="minmax"))
+        assert aggregate("combsum", [a, b], norm="none").allclose(torch.tensor([[1., 5., 10.]]))
         assert aggregate("rrf", [a, b], [2., 1.], {"k": 0}).allclose(torch.tensor([[2 / 3 + 1, 1 + 1 / 2, 2.]]))
     """
     fusion = RANK_FUSIONS[name]
+    used = _norm_of(name, fusion, norm)
     kwargs = options_dict(RANK_FUSIONS.options(name, options, where=f"fusion {name!r} options"))
     if weights is not None:
         if not fusion.takes_weights:
             takers = sorted(n for n, f in RANK_FUSIONS.items() if f.takes_weights)
             raise ValueError(f"fusion {name!r} takes no weights; these do: {takers}")
         kwargs["weights"] = list(weights)
-    return fuse(name, scores, norm=fusion.norm, **kwargs)
+    return fuse(name, scores, norm=used, **kwargs)
 
 
 def aggregate_lists(scores: Mapping[str, torch.Tensor], methods: Sequence[str] = ("rrf", "borda", "combsum"),

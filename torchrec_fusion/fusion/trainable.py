@@ -55,6 +55,12 @@ class Calibration(nn.Module):
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         return self.scale * scores + self.shift
 
+    def start_at_zero(self) -> bool:
+        """Scale 0: the output is 0 until training moves it (the gradient of the scale is not 0)."""
+        with torch.no_grad():
+            self.scale.zero_()
+        return True
+
 
 class TrainableFusion(nn.Module, ABC):
     """The interface of a trainable fusion (see the module docstring).
@@ -78,6 +84,11 @@ class TrainableFusion(nn.Module, ABC):
     def weights(self) -> Optional[torch.Tensor]:
         """Its per-task weights ``[T]`` (detached), or None where it has no global ones."""
         return None
+
+    def start_at_zero(self) -> bool:
+        """Makes its output 0 for any input until it is trained (so that, added to an anchor's logit,
+        the fused score starts as the anchor's own); False where it cannot."""
+        return False
 
 
 class WeightedHead(TrainableFusion):
@@ -113,6 +124,9 @@ class WeightedHead(TrainableFusion):
     def weights(self) -> Optional[torch.Tensor]:
         return self.combine.weights().detach()
 
+    def start_at_zero(self) -> bool:
+        return self.calibration.start_at_zero()
+
 
 class GatedHead(TrainableFusion):
     """Per-sample weights ``softmax(MLP(context))`` on the normalised predictions, calibrated
@@ -130,6 +144,9 @@ class GatedHead(TrainableFusion):
         fused: torch.Tensor = self.calibration(self.combine(preds, context))
         return fused
 
+    def start_at_zero(self) -> bool:
+        return self.calibration.start_at_zero()
+
 
 class StackingHead(TrainableFusion):
     """A meta-learner MLP over the normalised predictions and the context, whose output is the logit
@@ -145,6 +162,14 @@ class StackingHead(TrainableFusion):
     def forward(self, preds: Dict[str, torch.Tensor], context: torch.Tensor) -> torch.Tensor:
         fused: torch.Tensor = self.combine(preds, context)
         return fused
+
+    def start_at_zero(self) -> bool:
+        last = self.combine.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        with torch.no_grad():  # the hidden layers keep their random start: their gradients are not 0
+            last.weight.zero_()
+            last.bias.zero_()
+        return True
 
 
 __all__ = ["Calibration", "GatedHead", "HiddenOptions", "NormalizedOptions", "StackingHead", "TrainableFusion",

@@ -1,6 +1,6 @@
 """Per-task losses that honour label masks and sample weights."""
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,3 +51,37 @@ def task_losses(tasks: Sequence[TaskSpec], outputs: Dict[str, torch.Tensor], lab
             out[t.name] = task_loss(t, outputs[t.name], labels[:, j], masks[:, j],
                                     None if weights is None else weights[:, j])
     return {t.name: out[t.name] for t in tasks}
+
+
+def chain_labels(first: torch.Tensor, first_mask: torch.Tensor, second: torch.Tensor,
+                 second_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The label and mask ``[B]`` of an entire-space chain ``first -> second`` (ESMM's click ->
+    conversion): ``first AND second`` on every row where it is known.
+
+    * ``first`` known and 0 (a sampled negative, an unclicked impression): 0, whatever ``second``;
+    * ``second`` known: its label (``second`` is P(second | first), observed only where ``first``
+      happened, so ``first`` is 1 there even where its own label is masked, as on evaluation rows
+      whose one-class ``interaction`` is not scored);
+    * otherwise (``first`` 1 or unknown, ``second`` unknown): masked.
+
+    Example::
+
+        y1, m1 = torch.tensor([1., 1., 0., 1., 1.]), torch.tensor([True, True, True, True, False])
+        y2, m2 = torch.tensor([1., 0., 0., 0., 1.]), torch.tensor([True, True, False, False, True])
+        y, m = chain_labels(y1, m1, y2, m2)
+        assert y[m].tolist() == [1., 0., 0., 1.] and m.tolist() == [True, True, True, False, True]
+    """
+    first_zero = first_mask & (first == 0)
+    label = torch.where(first_zero | ~second_mask, torch.zeros_like(second), second)
+    return label, first_zero | second_mask
+
+
+def with_chain_labels(labels: torch.Tensor, masks: torch.Tensor, weights: Optional[torch.Tensor],
+                      chains: Sequence[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``[B, T]`` labels, masks and weights with one column per chain ``(first, second)`` (column
+    indices) appended: :func:`chain_labels`, weighted as the first task's rows."""
+    cols = [chain_labels(labels[:, i], masks[:, i], labels[:, j], masks[:, j]) for i, j in chains]
+    y = torch.cat([labels, torch.stack([c[0] for c in cols], 1)], 1)
+    m = torch.cat([masks, torch.stack([c[1] for c in cols], 1)], 1)
+    w = None if weights is None else torch.cat([weights, weights[:, [i for i, _ in chains]]], 1)
+    return y, m, w

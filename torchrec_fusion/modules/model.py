@@ -11,7 +11,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_fusion.data.batch import MultiTaskBatch
 from torchrec_fusion.losses import FixedWeights, LossBalancer, task_loss, task_losses
 from torchrec_fusion.losses.retrieval import RetrievalLoss
+from torchrec_fusion.losses.task_losses import with_chain_labels
 from torchrec_fusion.modules.architectures import MultiTaskArch, build_architecture
+from torchrec_fusion.modules.architectures.base import TaskChain
 from torchrec_fusion.modules.features import FeatureArch
 from torchrec_fusion.modules.interface import MultiTaskModule
 from torchrec_fusion.modules.retrieval import RetrievalArch
@@ -93,6 +95,11 @@ class MultiTaskModel(MultiTaskModule):
             arch_dropout = options.pop("dropout", dropout)
             self.task_arch = build_architecture(arch, self.feature_arch.out_features, names, dropout=arch_dropout,
                                                 options=options)
+        kinds = {t.name: t.kind for t in self.tasks}
+        for c in self.task_arch.chains:
+            if not all(kinds[n] == TaskKind.BINARY for n in (c.first, c.second)):
+                raise ValueError(f"arch_options.chain [{c.first}, {c.second}]: a chain multiplies two probabilities, "
+                                 f"its tasks must be binary, not {[kinds[c.first].value, kinds[c.second].value]}")
         self.towers = TaskTowers(self.task_arch.out_features, self.tasks, tower_layer_sizes, dropout)
         self.retrieval = retrieval
         self._retrieval_vectors: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -119,6 +126,11 @@ class MultiTaskModel(MultiTaskModule):
 
     def retrieval_vectors(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         return self._retrieval_vectors
+
+    @property
+    def chains(self) -> List[TaskChain]:
+        """The architecture's entire-space chains: each adds an output ``<first>_x_<second>``."""
+        return self.task_arch.chains
 
     @property
     def feature_dim(self) -> int:
@@ -149,6 +161,31 @@ class MultiTaskModel(MultiTaskModule):
             cast(nn.Linear, self.towers.heads[task]).bias.fill_(value)
 
 
+def _chains(model: MultiTaskModule) -> List[TaskChain]:
+    if isinstance(model, MultiTaskModel):
+        return model.chains
+    if any(isinstance(m, MultiTaskModel) and m.chains for m in model.modules()):
+        raise ValueError("arch_options.chain: an ensemble member's chain would be neither trained nor scored; "
+                         "train the chained architecture on its own")
+    return []
+
+
+def loss_tasks(model: MultiTaskModule) -> List[TaskSpec]:
+    """The tasks :class:`MultiTaskTrain` computes a loss, a prediction and metrics for (and a balancer
+    weighs): the model's, then one binary task per entire-space chain of its architecture.
+
+    Example::
+
+        from torchrec.modules.embedding_configs import EmbeddingBagConfig
+        ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+            name="t_user", embedding_dim=4, num_embeddings=10, feature_names=["user"])])
+        tasks = [TaskSpec("like"), TaskSpec("interaction")]
+        model = MultiTaskModel(ebc, 1, tasks, arch="esmm", arch_kwargs={"chain": ["interaction", "like"]})
+        assert [t.name for t in loss_tasks(model)] == ["like", "interaction", "interaction_x_like"]
+    """
+    return list(model.tasks) + [c.spec for c in _chains(model)]
+
+
 def to_predictions(tasks: Sequence[TaskSpec], outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Sigmoid for binary, softmax for multiclass, identity for regression."""
     preds = {}
@@ -176,7 +213,10 @@ class MultiTaskTrain(nn.Module):
     predictions and labels are dicts keyed by task name (and ``"fused"``, the
     fused probability and its target label, with a fusion head); a label that
     is absent (mask False) is NaN, so metrics skip it. The last per-task losses
-    are kept in ``last_task_losses``.
+    are kept in ``last_task_losses``. ``tasks`` is :func:`loss_tasks`: an
+    entire-space chain of the architecture is one more binary task, its label
+    derived from its two tasks' columns (:func:`~torchrec_fusion.losses.task_losses.chain_labels`);
+    ``balancer`` must weigh every one of them.
 
     Example::
 
@@ -203,8 +243,13 @@ class MultiTaskTrain(nn.Module):
         super().__init__()
         self.model = model
         self.retrieval_loss = retrieval_loss
-        self.tasks = model.tasks
+        self.tasks = loss_tasks(model)
         self.balancer = balancer if balancer is not None else FixedWeights(self.tasks)
+        missing = [t.name for t in self.tasks if t.name not in self.balancer.task_names]
+        if missing:
+            raise ValueError(f"the loss balancer has no weight for task(s) {missing}: build it over loss_tasks(model)")
+        names = [t.name for t in model.tasks]
+        self._chain_cols = [(names.index(c.first), names.index(c.second)) for c in _chains(model)]
         self.balancer.bind(model.shared_parameters)
         self.fusion = fusion
         self.fusion_loss_weight = fusion_loss_weight
@@ -226,6 +271,8 @@ class MultiTaskTrain(nn.Module):
         if self._label_cols is not None:  # several outputs read the same label column (ensembles)
             y, m = y[:, self._label_cols], m[:, self._label_cols]
             w = None if w is None else w[:, self._label_cols]
+        if self._chain_cols:  # a label column per chain, after the tasks'
+            y, m, w = with_chain_labels(y, m, w, self._chain_cols)
         losses = task_losses(self.tasks, outputs, y, m, w)
         loss = self.balancer(losses)
         penalty = self.model.regularization()
@@ -238,7 +285,7 @@ class MultiTaskTrain(nn.Module):
         if vectors is not None:
             user, item = vectors
             if self.retrieval_loss is not None and self.training:
-                losses[RETRIEVAL] = self.retrieval_loss(user, item, batch, self.tasks)
+                losses[RETRIEVAL] = self.retrieval_loss(user, item, batch, self.model.tasks)
                 loss = loss + self.retrieval_loss.weight * losses[RETRIEVAL]
             preds[RETRIEVAL] = (user * item).sum(dim=1).detach()
             labels[RETRIEVAL] = torch.where(m.any(1), torch.ones_like(y[:, 0]), torch.full_like(y[:, 0], float("nan")))

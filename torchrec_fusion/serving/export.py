@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
-from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from torchrec_fusion.modules.model import MultiTaskTrain
 from torchrec_fusion.tasks import TaskSpec
@@ -32,6 +31,7 @@ from torchrec_fusion.training.config import TrainConfig, read_config_file
 from torchrec_fusion.training.factory import ModelSchema, build_train_model
 from torchrec_fusion.training.inference import load_run
 from torchrec_fusion.training.prepare import prepare_data
+from torchrec_fusion.training.safe_checkpoint import load_state
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _rank_export(config: TrainConfig, checkpoint: str, out_dir: str) -> str:
     schema = DataSchema.of(prepare_data(config).train)
     model = build_train_model(config, schema, device="cpu")
     state = {"model": model.state_dict()}
-    dcp_load(state, checkpoint_id=checkpoint, no_dist=True)  # every shard, gathered into whole tensors
+    load_state(state, checkpoint, no_dist=True)  # every shard, gathered into whole tensors (safe reader)
     model.load_state_dict(state["model"])
     os.makedirs(out_dir, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(out_dir, "model.pt.tmp"))
@@ -82,10 +82,12 @@ def _rank_export(config: TrainConfig, checkpoint: str, out_dir: str) -> str:
     return out_dir
 
 
-def export_run(run_dir: str, out_dir: Optional[str] = None, checkpoint: Optional[str] = None) -> str:
+def export_run(run_dir: str, out_dir: Optional[str] = None, checkpoint: Optional[str] = None,
+               allow_plugins: bool = False) -> str:
     """Writes the single-process inference model of the run in ``run_dir`` (default
-    ``run_dir/export``) from its latest checkpoint (or ``checkpoint``); returns the folder."""
-    config, ckpt = load_run(run_dir, checkpoint)
+    ``run_dir/export``) from its latest checkpoint (or ``checkpoint``); returns the folder. A run
+    whose config names plugin modules is refused unless ``allow_plugins`` (see ``load_run``)."""
+    config, ckpt = load_run(run_dir, checkpoint, allow_plugins=allow_plugins)
     return _rank_export(dataclasses.replace(config, world_size=1), ckpt, out_dir or os.path.join(run_dir, "export"))
 
 

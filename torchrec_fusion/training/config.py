@@ -10,6 +10,7 @@ balancing and fusion options take their family's prefix (``--balancing-window``,
 
 import dataclasses
 import importlib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -82,6 +83,10 @@ class TrainConfig:
     data: Dict[str, Any] = field(default_factory=dict)
     tasks: Optional[List[str]] = None
     validation_fraction: float = 0.0  # > 0: carve a validation split from train and evaluate on it
+    # "task:metric" (e.g. ctr:auc, rating:rmse, fused:auc) on the validation split: the best epoch is kept as
+    # OUT/checkpoints/best, and training stops after `patience` epochs without improvement
+    early_stopping: Optional[str] = None
+    patience: int = 3
     history_length: int = 64  # > 0: add user_history / item_audience bags of up to this many ids
     # > 0: K sampled items per training row the user never interacted with, as rows of an entire-space
     # binary task "interaction" (1 on observed rows, 0 on sampled ones; every other task masked there)
@@ -117,6 +122,7 @@ class TrainConfig:
     dense_optimizer: str = "adam"
     dense_lr: float = 1e-3
     dense_weight_decay: float = 0.0
+    task_weights: Optional[Dict[str, float]] = None  # each task's loss weight under fixed balancing (default 1)
     balancing: str = "fixed"
     balancing_options: Dict[str, Any] = field(default_factory=dict)
     # score fusion after the task heads, trained in the same loop
@@ -128,10 +134,15 @@ class TrainConfig:
     ranking_eval: bool = False
     ranking_relevance: str = "like"  # a held-out row is relevant where this binary label is 1
     ranking_k: List[int] = field(default_factory=lambda: [10])
+    # the fused ranking score: a weighted sum of the scores' log forms ({"retrieval": 1, "like": 0.5});
+    # "fit" chooses the weights on the evaluated split (use it on validation, then copy them here)
+    ranking_fusion: Optional[Dict[str, float]] = None
+    fit_ranking_fusion: bool = False
     # several complete models, each with its own tables, under one DMP (architecture names or "dlrm")
     ensemble: Optional[List[str]] = None
     # distribution
     world_size: int = 1
+    threads: Optional[int] = None  # intra-op threads per rank (default: the cores / the local ranks)
     device: Optional[str] = None
     sharding_type: Optional[str] = None
     rank_memory_mb: Optional[float] = None  # the planner's memory budget per rank (default: the device's)
@@ -146,9 +157,11 @@ class TrainConfig:
     save_model: bool = True
     # output
     output_dir: Optional[str] = None
+    overwrite: bool = False  # replace the run already in output_dir (its checkpoints and results deleted first)
     save_scores: bool = False  # write OUT/scores.csv: the eval split's labels and scores, for `fuse`
     progress: bool = True
     verbose: bool = True
+    full_plan: bool = False  # print every table of the sharding plan (train --verbose), not a summary
     keep_predictions: bool = False  # return eval predictions from run() (tests)
     report: bool = True  # OUT/report.md with PNG plots of the run
     # modules imported (on every rank) before the config is resolved: they register their components
@@ -182,7 +195,9 @@ class TrainConfig:
         return config
 
     def check(self, source: str = "config") -> None:
-        """Validates every component section against its member's ``Options``."""
+        """Validates the sizes, counts and rates (before any process starts) and every component
+        section against its member's ``Options``; a ``ValueError`` naming ``source`` and the key."""
+        _check_ranges(self, source)
         for family in FAMILIES:
             members = self._members(family, source)
             for member in members:
@@ -227,6 +242,46 @@ class TrainConfig:
         with open(path + ".tmp", "w") as f:
             yaml.safe_dump(self.to_dict(), f, sort_keys=False)
         os.replace(path + ".tmp", path)
+
+
+# (field, lowest allowed value, whether the lowest is excluded, what it is) for the numbers of a run
+_RANGES: Tuple[Tuple[str, float, bool, str], ...] = (
+    ("embedding_dim", 1, False, "a size"), ("epochs", 1, False, "a count"), ("batch_size", 1, False, "a size"),
+    ("eval_batch_size", 1, False, "a size"), ("world_size", 1, False, "a count"),
+    ("keep_checkpoints", 1, False, "a count"), ("max_steps", 1, False, "a count"),
+    ("history_length", 0, False, "a length"), ("negatives", 0, False, "a count"),
+    ("checkpoint_every", 0, False, "a step count"), ("embedding_lr", 0, False, "a rate"),
+    ("dense_lr", 0, False, "a rate"), ("dense_weight_decay", 0, False, "a rate"),
+    ("embedding_l2", 0, False, "a weight"), ("retrieval_loss_weight", 0, False, "a weight"),
+    ("fusion_loss_weight", 0, False, "a weight"), ("retrieval_temperature", 0, True, "a temperature"),
+    ("rank_memory_mb", 0, True, "a budget"), ("threads", 1, False, "a count"),
+)
+_SIZE_LISTS = ("dense_arch_layer_sizes", "tower_layer_sizes", "retrieval_layer_sizes", "ranking_k")
+
+
+def _check_ranges(config: TrainConfig, source: str) -> None:
+    """Every number of ``config`` finite and in its range: a zero batch size or embedding dim is an
+    error here, naming the key, not a division by zero in a rank."""
+    for name, low, open_low, what in _RANGES:
+        v = getattr(config, name)
+        if v is not None and not (math.isfinite(v) and (v > low if open_low else v >= low)):
+            raise ValueError(f"{source}: {name} must be {'>' if open_low else '>='} {low:g} ({what}), got {v!r}")
+    for name in ("validation_fraction", "dropout"):
+        v = getattr(config, name)
+        if not 0 <= v < 1:
+            raise ValueError(f"{source}: {name} must be in [0, 1), got {v!r}")
+    if not math.isfinite(config.negative_alpha):
+        raise ValueError(f"{source}: negative_alpha must be a finite number, got {config.negative_alpha!r}")
+    for name in _SIZE_LISTS:
+        bad = [v for v in getattr(config, name) or [] if v < 1]
+        if bad:
+            raise ValueError(f"{source}: {name} must hold integers >= 1, got {getattr(config, name)}")
+    for name in ("task_weights", "ranking_fusion"):
+        weights: Dict[str, float] = getattr(config, name) or {}
+        bad_w = {k: w for k, w in weights.items() if not (math.isfinite(w) and (w >= 0 or name == "ranking_fusion"))}
+        if bad_w:
+            raise ValueError(f"{source}: {name} must map to finite numbers"
+                             f"{' >= 0' if name == 'task_weights' else ''}, got {bad_w}")
 
 
 def _field_types() -> Dict[str, Any]:
@@ -295,15 +350,15 @@ def read_config_file(path: str) -> Dict[str, Any]:
         with open(path, "rb") as f:
             try:
                 values = tomllib.load(f)
-            except tomllib.TOMLDecodeError as e:
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
                 raise ValueError(f"{path}: invalid TOML: {e}") from None
     elif path.endswith((".yaml", ".yml")):
         import yaml
 
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             try:
                 values = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
                 raise ValueError(f"{path}: invalid YAML: {e}") from None
     else:
         raise ValueError(f"config file {path}: use .yaml, .yml or .toml")

@@ -1,7 +1,7 @@
 """Scoring with the sharded model: every row of a split (predictions gathered from all ranks in row
 order), and the ranking of the whole item catalogue for each evaluated user."""
 
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -20,7 +20,9 @@ from torchrec_fusion.evaluation.catalogue import (
 )
 from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.fusion.rank_aggregation import aggregate_lists
+from torchrec_fusion.fusion.ranking_weights import fit_ranking_weights, fuse_ranking, log_form
 from torchrec_fusion.modules.model import RETRIEVAL
+from torchrec_fusion.tasks import TaskKind
 from torchrec_fusion.training.config import TrainConfig
 from torchrec_fusion.training.prepare import PreparedData
 from torchrec_fusion.training.session import train_module
@@ -106,12 +108,37 @@ def rank_catalogue(pipeline: TrainPipelineSparseDist, model: nn.Module, prepared
         for name, p in preds.items():
             if p.dim() == 1:  # one score per row (multiclass outputs are not ranked)
                 scores.setdefault(name, torch.empty(task.positives.shape))[rows_of] = p.view(-1, task.num_items)
-    relevance = config.ranking_relevance
-    if RETRIEVAL in scores and relevance in scores:  # the chain: P(interaction) x P(relevant | interaction)
-        scores[f"{RETRIEVAL}_x_{relevance}"] = scores[RETRIEVAL] + scores[relevance].clamp_min(1e-12).log()
+    regression = [t.name for t in evald.tasks if t.kind == TaskKind.REGRESSION]
+    weights = None
+    if config.fit_ranking_fusion:  # weights chosen on this split's rankings (run it on validation)
+        logs = {n: log_form(s, probability=n not in regression + [RETRIEVAL]) for n, s in scores.items()}
+        weights, _ = fit_ranking_weights(logs, task.positives, config.ranking_k[0], exclude=task.seen)
+    scores.update(derived_scores(scores, config, regression, weights))
     fused = aggregate_lists({n: scores[n] for n in task_names if n in scores}, unlisted=task.seen)
     base, info = baseline_scores(train, task, relevant_rows(train, config.ranking_relevance), config.seed)
     report = catalogue_report({**scores, **fused, **base}, task, config.ranking_k, seed=config.seed, baselines=base)
     for name, value in info.items():  # the EASE lambda chosen on the training rows, or why EASE was skipped
         report.setdefault("ease", {})[name] = value
+    if FUSED_RANKING in report:
+        report[FUSED_RANKING]["weights"] = dict(weights or config.ranking_fusion or {})  # type: ignore[assignment]
     return report, scores, task
+
+
+FUSED_RANKING = "fused_ranking"
+
+
+def derived_scores(scores: Scores, config: TrainConfig, regression: Sequence[str],
+                   weights: Optional[Dict[str, float]] = None) -> Scores:
+    """The scores derived from a model's ``[U, N]`` scores: the chain ``retrieval_x_<relevance>``
+    (the retrieval logit plus log P(relevant)) and, with ranking fusion weights (``weights``, else
+    ``config.ranking_fusion``), ``fused_ranking``: the weighted sum of the scores' log forms."""
+    out: Scores = {}
+    relevance = config.ranking_relevance
+    if RETRIEVAL in scores and relevance in scores:  # the chain: P(interaction) x P(relevant | interaction)
+        out[f"{RETRIEVAL}_x_{relevance}"] = scores[RETRIEVAL] + log_form(scores[relevance], True)
+    weights = weights or config.ranking_fusion
+    if weights:
+        logs = {n: log_form(s, probability=n not in list(regression) + [RETRIEVAL])
+                for n, s in {**scores, **out}.items() if n != f"{RETRIEVAL}_x_{relevance}"}
+        out[FUSED_RANKING] = fuse_ranking(logs, weights)
+    return out

@@ -1,6 +1,7 @@
 """The model of a run: its EmbeddingBagCollection, its architecture (or an ensemble of complete
 models), and the training wrapper with its loss balancing and fusion head."""
 
+import dataclasses
 from typing import Dict, List, Optional, Protocol, Sequence
 
 import torch
@@ -14,7 +15,7 @@ from torchrec_fusion.losses import build_balancer
 from torchrec_fusion.losses.retrieval import RetrievalLoss, mixture_log_q
 from torchrec_fusion.modules.ensemble import DLRMMember, ModelEnsemble
 from torchrec_fusion.modules.interface import MultiTaskModule
-from torchrec_fusion.modules.model import MultiTaskModel, MultiTaskTrain
+from torchrec_fusion.modules.model import MultiTaskModel, MultiTaskTrain, loss_tasks
 from torchrec_fusion.modules.retrieval import RetrievalArch
 from torchrec_fusion.tasks import TaskKind, TaskSpec
 from torchrec_fusion.training.config import TrainConfig
@@ -127,6 +128,21 @@ def _member_names(ensemble: Sequence[str]) -> List[str]:
     return [f"{a}{i}" if list(ensemble).count(a) > 1 else a for i, a in enumerate(ensemble)]
 
 
+def weighted_tasks(tasks: Sequence[TaskSpec], weights: Optional[Dict[str, float]]) -> List[TaskSpec]:
+    """``tasks`` with the loss weights named in ``weights`` (a weight of 0 trains without that task).
+
+    Example::
+
+        tasks = weighted_tasks([TaskSpec("like"), TaskSpec("rating", "regression")], {"rating": 0.0})
+        assert [t.loss_weight for t in tasks] == [1.0, 0.0]
+    """
+    weights = weights or {}
+    unknown = sorted(set(weights) - {t.name for t in tasks})
+    if unknown:
+        raise ValueError(f"task_weights: unknown task(s) {unknown}; the model's tasks are {[t.name for t in tasks]}")
+    return [dataclasses.replace(t, loss_weight=float(weights[t.name])) if t.name in weights else t for t in tasks]
+
+
 def build_train_model(config: TrainConfig, data: ModelSchema, device: str = "meta") -> MultiTaskTrain:
     """The model of ``config`` for ``data``'s features and tasks (an ensemble of complete
     models with ``config.ensemble``), wrapped for training with its balancing and fusion."""
@@ -143,8 +159,11 @@ def build_train_model(config: TrainConfig, data: ModelSchema, device: str = "met
         model = build_model(config, data, config.arch, device)
     fusion: Optional[FusionHead] = None
     if config.fusion != "none":
+        binary = [t.name for t in model.tasks if t.kind == TaskKind.BINARY]
         fusion = FusionHead(config.fusion, [t.name for t in model.tasks], model.feature_dim,
-                            options=config.member_options("fusion"))
-    balancer = build_balancer(config.balancing, model.tasks, options=config.member_options("balancing"))
+                            options=config.member_options("fusion"),
+                            anchor=target if target in binary else next(iter(binary), None))
+    balancer = build_balancer(config.balancing, weighted_tasks(loss_tasks(model), config.task_weights),
+                              options=config.member_options("balancing"))
     retrieval = build_retrieval_loss(config, data) if config.retrieval and not config.ensemble else None
     return MultiTaskTrain(model, balancer, fusion, target, config.fusion_loss_weight, retrieval)

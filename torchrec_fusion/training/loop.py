@@ -16,8 +16,9 @@ from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.evaluation.metrics import task_metrics
 from torchrec_fusion.fusion.head import FusionHead
 from torchrec_fusion.modules.model import FUSED_TASK
-from torchrec_fusion.training.checkpoint import save_checkpoint, step_name
+from torchrec_fusion.training.checkpoint import best_checkpoint, mark_best, save_checkpoint, step_name
 from torchrec_fusion.training.config import TrainConfig
+from torchrec_fusion.training.early_stopping import StopMetric, best_epoch, should_stop, summary
 from torchrec_fusion.training.evaluate import evaluate
 from torchrec_fusion.training.session import Started, generators
 from torchrec_fusion.training.state import Evaluation, TrainState
@@ -60,7 +61,7 @@ class TrainLoop:
     def __init__(self, config: TrainConfig, started: Started, state: TrainState, log: Log) -> None:
         self.config, self.ctx, self.state, self.log = config, started.ctx, state, log
         self.session, self.eval_data = started.session, started.prepared.eval
-        self.train_data = started.prepared.train
+        self.train_data, self.eval_split = started.prepared.train, started.prepared.eval_split
         self.dmp = started.session.dmp
         self.steps_per_epoch = self.train_data.num_batches(config.batch_size, self.ctx.world_size)
         if self.steps_per_epoch == 0:
@@ -78,6 +79,7 @@ class TrainLoop:
         self.predictions: Dict[str, torch.Tensor] = {}
         self.labels: Dict[str, torch.Tensor] = {}
         self.train_seconds, self.samples = 0.0, 0
+        self.stop_metric = self._stop_metric()
 
     @property
     def samples_per_second(self) -> float:
@@ -87,12 +89,15 @@ class TrainLoop:
         """Every remaining epoch, the final evaluation and the final checkpoint."""
         partial = False
         for epoch in range(self.state.epoch, self.config.epochs):
+            if self._stopped():  # also a resumed run that had stopped early
+                break
             done = self._epoch(epoch)
             if done is None:
                 break
             if not done:
                 partial = True
                 break
+            self._keep_best()
         if self.state.evaluated_at != self.state.step or not self.predictions:  # mid-epoch stop, or resumed at the end
             self.evaluate_now(self.state.step / self.steps_per_epoch)
         if self.ckpt_root and self.config.save_model and not os.path.isdir(
@@ -103,13 +108,57 @@ class TrainLoop:
         if partial:  # the partial epoch's losses count in the result
             self.state.finish_epoch()
 
+    def _stop_metric(self) -> Optional[StopMetric]:
+        """``--early-stopping``'s metric, checked against the run's tasks and evaluated split."""
+        if not self.config.early_stopping:
+            return None
+        metric = StopMetric.parse(self.config.early_stopping)
+        metric.check(self.session.model.tasks, "fused" in self.task_keys)
+        if self.eval_split != "validation":
+            raise ValueError(f"--early-stopping {metric} chooses the epoch on a validation split, and this run has "
+                             "none (it evaluates on test): add validation: files to the table spec, or pass "
+                             "--validation-fraction F")
+        if self.config.patience < 1:
+            raise ValueError(f"--patience must be >= 1 (epochs without improvement), got {self.config.patience}")
+        return metric
+
+    def _stopped(self) -> bool:
+        """Whether early stopping has run out of patience (logged with the best epoch)."""
+        m = self.stop_metric
+        if m is None or not should_stop(self.state.history, m, self.config.patience):
+            return False
+        best = best_epoch(self.state.history, m)
+        self.log(f"early stopping: no better {self.eval_split} {m} in {self.config.patience} epoch(s); best: "
+                 + (f"epoch {int(best.epoch)} ({m}={m.value(best):.4f})" if best else "none"))
+        return True
+
+    def _keep_best(self) -> None:
+        """After an epoch: when its evaluation is the best so far, its checkpoint becomes ``best``."""
+        m, history = self.stop_metric, self.state.history
+        if m is None or self.ckpt_root is None or not self.config.save_model or best_epoch(history, m) is not \
+                history[-1]:
+            return
+        path = os.path.join(self.ckpt_root, step_name(self.state.step))
+        if not os.path.isdir(path):
+            self.state.epoch, self.state.batch_in_epoch = divmod(self.state.step, self.steps_per_epoch)
+            self.save()
+        self.log(f"best {self.eval_split} {m} so far: {mark_best(self.ckpt_root, path)}")
+
+    def best(self) -> Optional[Dict[str, Any]]:
+        """The best epoch for ``metrics.json`` (None without ``--early-stopping``)."""
+        if self.stop_metric is None:
+            return None
+        ckpt = best_checkpoint(self.ckpt_root) if self.ckpt_root else None
+        return summary(self.state.history, self.stop_metric, self.config.patience, self.config.epochs,
+                       self.eval_split, ckpt)
+
     def _epoch(self, epoch: int) -> Optional[bool]:
         """One epoch from the state's position: True when it ended (and was evaluated), False when it
         stopped inside (max_steps), None when no step was left to run."""
         state, config = self.state, self.config
         start = state.batch_in_epoch if epoch == state.epoch else 0
         n = min(self.steps_per_epoch - start, self.total_steps - state.step)
-        if n <= 0:
+        if n <= 0 and start < self.steps_per_epoch:  # start == steps: saved at its last step, not yet evaluated
             return None
         if start == 0:  # a fresh epoch (a resumed one keeps the losses of its first part)
             state.epoch_losses, state.epoch_task_losses = [], {}

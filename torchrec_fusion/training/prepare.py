@@ -1,8 +1,9 @@
 """The rows a run trains and evaluates on: the dataset's splits, the tasks kept, a validation split
-carved from train when asked, history bags built from the training rows, and candidate rows."""
+(the dataset's own, or carved from train when asked), history bags built from the training rows, and
+candidate rows; and any other file of a table run's spec, read as those splits are."""
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -10,6 +11,7 @@ from torchrec_fusion.data.dataset import MultiTaskData
 from torchrec_fusion.data.history import InteractionHistory
 from torchrec_fusion.data.negatives import NegativeSampledData, NegativeSampler, with_interaction
 from torchrec_fusion.data.registry import load_dataset
+from torchrec_fusion.data.tabular import read_table_file
 from torchrec_fusion.data.types import BatchSource, CandidateRows, LoadedData
 from torchrec_fusion.tasks import TaskSpec, select_tasks
 from torchrec_fusion.training.config import TrainConfig
@@ -26,6 +28,8 @@ class PreparedData:
     candidates: Optional[CandidateRows] = None
     splits: Dict[str, BatchSource] = dataclasses.field(default_factory=dict)  # train, test (, validation)
     loaded: Optional[LoadedData] = None
+    # other rows made like the splits: tasks kept, history bags, the interaction task (see read_file)
+    like_splits: Optional[Callable[[MultiTaskData], MultiTaskData]] = None
 
 
 def _keep_tasks(source: BatchSource, keep: Optional[List[TaskSpec]]) -> BatchSource:
@@ -74,23 +78,46 @@ def _with_negatives(config: TrainConfig, rows: Optional[MultiTaskData], candidat
     return train, with_task
 
 
+def _own_validation(config: TrainConfig, loaded: LoadedData, keep: Optional[List[TaskSpec]]) -> Optional[BatchSource]:
+    """The dataset's own validation rows (a table spec's ``validation`` files), if it has them."""
+    own: Optional[MultiTaskData] = getattr(loaded, "validation", None)  # TableData's; any dataset may add it
+    if own is not None and config.validation_fraction > 0:
+        raise ValueError("the table spec names validation files and --validation-fraction would carve a second "
+                         "validation split from train: use one of them")
+    return None if own is None else _keep_tasks(own, keep)
+
+
+def _like_splits(keep: Optional[List[TaskSpec]], history: Optional[InteractionHistory],
+                 negatives: bool) -> Callable[[MultiTaskData], MultiTaskData]:
+    """Makes other rows as the splits were made: the tasks kept, the history bags, the interaction task."""
+    def made(rows: MultiTaskData) -> MultiTaskData:
+        _keep_tasks(rows, keep)  # in place
+        if history is not None:
+            history.add_to(rows)
+        return with_interaction(rows) if negatives else rows
+
+    return made
+
+
 def prepare_data(config: TrainConfig) -> PreparedData:
-    """The dataset's train split, and its test split or a validation split carved from
-    train (``eval_split`` says which); history bags and candidate rows from the training
-    rows only."""
+    """The dataset's train and test splits, and a validation split (the dataset's own, or carved
+    from train by ``validation_fraction``): the run evaluates on it when there is one, else on test
+    (``eval_split`` says which). History bags and candidate rows from the training rows only."""
     loaded = load_dataset(config.dataset, config.member_options("dataset"), config.seed)
     keep = select_tasks(loaded.train.tasks, config.tasks) if config.tasks else None
     train: BatchSource = loaded.train
     if not train.in_memory and (keep is not None or config.validation_fraction > 0):
         raise ValueError("a streamed table (stream: true) trains every task of its spec on all its train rows: "
-                         "drop --tasks / --validation-fraction, or list fewer tasks and a test file in the spec")
+                         "drop --tasks / --validation-fraction (a validation file in the spec works), or list "
+                         "fewer tasks and a test file in the spec")
     train = _keep_tasks(train, keep)
     splits: Dict[str, BatchSource] = {"test": _keep_tasks(loaded.test, keep)}
-    split = "test"
+    if (own := _own_validation(config, loaded, keep)) is not None:
+        splits["validation"] = own
     rows = train.in_memory_rows()
     if config.validation_fraction > 0 and rows is not None:  # the test split is then never read by training
         train, splits["validation"] = rows.split(config.validation_fraction, config.seed)
-        rows, split = train, "validation"
+        rows = train
     splits["train"] = train
     history = None
     if config.history_length > 0 and rows is not None and {"user", "item"} <= set(rows.extras):
@@ -102,4 +129,16 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     candidates = _candidates(loaded, keep, history)
     if config.negatives > 0:
         train, candidates = _with_negatives(config, rows, candidates, splits)
-    return PreparedData(train, splits[split], split, loaded.info, candidates, splits, loaded)
+    split = "validation" if "validation" in splits else "test"
+    return PreparedData(train, splits[split], split, loaded.info, candidates, splits, loaded,
+                        _like_splits(keep, history, config.negatives > 0))
+
+
+def read_file(config: TrainConfig, prepared: PreparedData, path: str) -> MultiTaskData:
+    """The rows of ``path`` read with the run's table spec and its tables' sizes, made as the run's
+    splits were (so a finished run scores them as it scored its test split)."""
+    if config.dataset != "table" or prepared.like_splits is None:
+        raise ValueError(f"--data reads a file with the run's table spec (dataset: table); this run's dataset is "
+                         f"{config.dataset!r}: choose one of its splits with --split")
+    spec = config.member_options("dataset")["table"]
+    return prepared.like_splits(read_table_file(spec, path, prepared.splits["train"].num_embeddings))

@@ -15,12 +15,13 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from torchrec_fusion.data.types import BatchSource
-from torchrec_fusion.distributed.launcher import DistContext, init_distributed
+from torchrec_fusion.distributed.launcher import DistContext, cpu_cores, init_distributed
 from torchrec_fusion.distributed.sharding import make_sharders, plan_sharding, shard_model
 from torchrec_fusion.modules.model import MultiTaskTrain
-from torchrec_fusion.training.checkpoint import load_checkpoint
+from torchrec_fusion.training.checkpoint import load_checkpoint, load_rng
 from torchrec_fusion.training.config import TrainConfig, import_plugins
 from torchrec_fusion.training.factory import build_train_model
+from torchrec_fusion.training.limits import check_tables_fit
 from torchrec_fusion.training.prepare import PreparedData, prepare_data
 
 
@@ -95,14 +96,28 @@ def build_session(config: TrainConfig, ctx: DistContext, data: BatchSource) -> S
     return Session(model, dmp, optimizer, TrainPipelineSparseDist(dmp, optimizer, ctx.device), plan)
 
 
+def set_threads(requested: Optional[int], ctx: DistContext) -> int:
+    """Sets this rank's intra-op threads: ``requested``, else this machine's cores shared among its
+    local ranks (at least 1; ranks outnumbering cores would otherwise fight over them). Returns it."""
+    threads = requested or max(1, cpu_cores() // ctx.local_world_size)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def start(config: TrainConfig) -> Started:
     """Joins the process group, seeds, loads the data and shards the model: every command's start."""
     quiet_third_party_logs()
     import_plugins(config.plugins)  # a spawned rank registers the plugin components again
     ctx = init_distributed(config.device)
+    set_threads(config.threads, ctx)
     torch.manual_seed(config.seed)
     prepared = prepare_data(config)
-    return Started(ctx, prepared, build_session(config, ctx, prepared.train))
+    data = prepared.train
+    # before the model is built: tables this machine cannot hold are refused, naming the feature
+    check_tables_fit({f: data.num_embeddings[f] for f in data.feature_names}, config.embedding_dim,
+                     config.embedding_optimizer, len(config.ensemble or [None]), ctx.device, ctx.world_size,
+                     ctx.local_world_size, ctx.is_main)
+    return Started(ctx, prepared, build_session(config, ctx, data))
 
 
 def start_from_checkpoint(config: TrainConfig, checkpoint: str) -> "tuple[Started, Dict[str, Any]]":
@@ -134,7 +149,7 @@ def restore(session: Session, path: str, ctx: DistContext, exact: bool = True) -
     init_optimizer_state(session.optimizer)
     state: Dict[str, Any] = load_checkpoint(path, session.dmp, session.optimizer)
     if exact and state.get("world_size") == ctx.world_size:
-        rng = torch.load(os.path.join(path, f"rng_{ctx.rank}.pt"), weights_only=True)  # tensors only
+        rng = load_rng(path, ctx.rank)  # tensors only
         torch.set_rng_state(rng["torch"])
         for name, g in generators(session.dmp).items():
             if name in rng["generators"]:

@@ -84,8 +84,9 @@ class TrainState:
 @dataclasses.dataclass
 class RunResult:
     """What a training run returns and writes to ``OUT/metrics.json`` (:meth:`to_dict`), and what
-    its report is drawn from. ``predictions``/``labels`` (and the ranking's score matrices) are kept
-    only with ``keep_predictions`` and never written."""
+    its report is drawn from. ``tasks`` are the last evaluation's; with early stopping, ``best`` is
+    the best epoch (:func:`~torchrec_fusion.training.early_stopping.summary`). ``predictions``/``labels``
+    (and the ranking's score matrices) are kept only with ``keep_predictions`` and never written."""
 
     tasks: Metrics
     gates: Dict[str, Any]
@@ -104,6 +105,7 @@ class RunResult:
     data: Dict[str, Any]
     config: Dict[str, Any]
     checkpoint: Optional[str]
+    best: Optional[Dict[str, Any]] = None
     predictions: Optional[Dict[str, torch.Tensor]] = None
     labels: Optional[Dict[str, torch.Tensor]] = None
     ranking_scores: Optional[Dict[str, torch.Tensor]] = None

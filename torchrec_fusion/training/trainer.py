@@ -2,19 +2,25 @@
 rank the catalogue, write the results. The steps live in their own modules: ``session`` (start-up),
 ``factory`` (the model), ``prepare`` (the data), ``loop`` (epochs and checkpoints), ``evaluate``."""
 
+import contextlib
+import dataclasses
 import json
 import os
 from typing import Callable, Optional
 
 import torch
 
-from torchrec_fusion.distributed.launcher import launch
-from torchrec_fusion.distributed.sharding import describe_plan, seed_embedding_tables
+from torchrec_fusion.distributed.launcher import cpu_cores, launch, under_torchrun
+from torchrec_fusion.distributed.sharding import describe_plan, seed_embedding_tables, summarize_plan
 from torchrec_fusion.fusion.files import write_scores
 from torchrec_fusion.training.checkpoint import latest_checkpoint
 from torchrec_fusion.training.config import TrainConfig
+from torchrec_fusion.training.early_stopping import StopMetric
 from torchrec_fusion.training.evaluate import rank_catalogue
+from torchrec_fusion.training.item_vectors import export_item_vectors
 from torchrec_fusion.training.loop import TrainLoop
+from torchrec_fusion.training.preflight import preflight
+from torchrec_fusion.training.run_folder import hold_run_folder
 from torchrec_fusion.training.session import Started, restore, resume_path, start
 from torchrec_fusion.training.state import RunResult, TrainState
 
@@ -40,7 +46,22 @@ def _describe_start(started: Started, config: TrainConfig, log: Log) -> None:
             and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         log("warning: precision bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX): its matrix products "
             "are emulated and slower than fp32 here; use --precision fp32")
-    log(describe_plan(started.session.plan))
+    threads = torch.get_num_threads()
+    log(f"threads: {threads} per rank" + (" (--threads)" if config.threads else
+        f" ({cpu_cores()} core(s) / {started.ctx.local_world_size} local rank(s); --threads N to change)"))
+    log(_plan_text(started, config))
+
+
+def _plan_text(started: Started, config: TrainConfig) -> str:
+    """The plan in a few lines (every table under ``train --verbose``)."""
+    plan, data = started.session.plan, started.prepared.train
+    if config.full_plan:
+        return describe_plan(plan)
+    features = sorted(data.feature_names, key=len, reverse=True)  # table names end in t_<feature>
+    owner = {t: next((f for f in features if t.endswith("t_" + f)), None) for p in plan.plan.values() for t in p}
+    shapes = {t: (data.num_embeddings[f], config.embedding_dim) for t, f in owner.items() if f is not None}
+    return summarize_plan(plan, started.ctx.world_size, shapes, config.embedding_optimizer,
+                          config.batch_size) + "\n  (train --verbose prints every table)"
 
 
 def _initial_state(started: Started, config: TrainConfig, log: Log) -> TrainState:
@@ -64,7 +85,7 @@ def _result(config: TrainConfig, started: Started, loop: TrainLoop) -> RunResult
         history=loop.state.history, step_losses=loop.state.step_losses,
         step_task_losses=loop.state.step_task_losses, ranking={}, plan=describe_plan(started.session.plan),
         data=started.prepared.info, config=config.to_dict(),
-        checkpoint=latest_checkpoint(ckpt_root) if ckpt_root else None)
+        checkpoint=latest_checkpoint(ckpt_root) if ckpt_root else None, best=loop.best())
 
 
 def _rank(config: TrainConfig, started: Started, loop: TrainLoop, result: RunResult, log: Log) -> None:
@@ -113,9 +134,12 @@ def run(config: TrainConfig) -> RunResult:
     _describe_start(started, config, log)
     if started.ctx.is_main and config.output_dir:  # once the run has started cleanly
         os.makedirs(config.output_dir, exist_ok=True)
-        config.save(os.path.join(config.output_dir, "config.yaml"))
+        # overwrite acts once, on the folder: the saved config repeats the run, never a deletion
+        dataclasses.replace(config, overwrite=False).save(os.path.join(config.output_dir, "config.yaml"))
     loop = TrainLoop(config, started, _initial_state(started, config, log), log)
     loop.run()
+    if config.save_model:  # OUT/item_vectors.pt, when the model has a retrieval head (every rank: sharded)
+        export_item_vectors(started, config, loop.state.step)
     result = _result(config, started, loop)
     if config.ranking_eval:
         _rank(config, started, loop, result, log)
@@ -126,8 +150,27 @@ def run(config: TrainConfig) -> RunResult:
     return result
 
 
+def check_run_config(config: TrainConfig) -> None:
+    """What a run needs before it starts: at least one epoch (and step) to train."""
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {config.epochs} (a run of no epoch would save an untrained model)")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {config.max_steps}")
+    if config.early_stopping:  # its syntax here; its task and the validation split once the data is read
+        StopMetric.parse(config.early_stopping)
+
+
 def train(config: TrainConfig, world_size: Optional[int] = None) -> RunResult:
     """Runs ``config`` on ``config.world_size`` local processes (or under torchrun)
-    and returns rank 0's result."""
-    result: RunResult = launch(run, world_size or config.world_size, config)[0]
+    and returns rank 0's result.
+
+    With an output folder, this process (rank 0's under torchrun) holds ``OUT/.lock`` for the
+    whole run: a second run there is refused while it lives, and a folder holding an earlier run is
+    refused unless ``config.resume`` continues it or ``config.overwrite`` replaces it
+    (:mod:`torchrec_fusion.training.run_folder`)."""
+    check_run_config(config)
+    preflight(config)  # a config that cannot work fails here, before any process starts
+    out = config.output_dir if not under_torchrun() or os.environ.get("RANK") == "0" else None
+    with hold_run_folder(out, config.resume, config.overwrite) if out else contextlib.nullcontext():
+        result: RunResult = launch(run, world_size or config.world_size, config, device=config.device)[0]
     return result

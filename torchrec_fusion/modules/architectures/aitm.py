@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from torchrec_fusion.modules.architectures.base import MultiTaskArch, mlp
+from torchrec_fusion.modules.architectures.base import MultiTaskArch, check_chain_options, mlp
 
 
 class AITModule(nn.Module):
@@ -48,6 +48,12 @@ class AITMArch(MultiTaskArch):
     mixes ``[p, q_t]`` into ``z_t``. ``gate_weights()[t]`` (tasks after the
     first) holds the last batch's attention ``[B, 2]`` over [transferred, own].
 
+    With ``chain=[first, second]`` (two binary tasks of any task list) the transfer runs along the
+    chain only, ``first -> second``, and every other task (a regression ``rating``) reads its own
+    MLP; as in :class:`~torchrec_fusion.modules.architectures.esmm.ESMMArch`, ``second`` stays
+    P(second | first) on its observed rows and :meth:`combine_outputs` adds the entire-space
+    ``<first>_x_<second>`` = P(first) x P(second | first), learnt on every row.
+
     The paper's behavioural expectation calibrator is opt-in and not added by
     the trainer: :meth:`calibration_loss` gives it for the user to add.
 
@@ -57,12 +63,16 @@ class AITMArch(MultiTaskArch):
         task_layer_sizes: hidden sizes of each task's MLP.
         attention_dim: ``k`` of the AIT attention (default: the representation width).
         dropout: dropout after each hidden layer.
+        chain: ``[first, second]``: the funnel is these two tasks (empty: ``task_names``' order).
+        chain_loss_weight: the chain's loss weight.
 
     Example::
 
         arch = AITMArch(8, ["click", "buy"], task_layer_sizes=[16])
         out = arch(torch.rand(4, 8))
         assert out["buy"].shape == (4, 16) and arch.gate_weights()["buy"].shape == (4, 2)
+        chained = AITMArch(8, ["rating", "like", "interaction"], [16], chain=["interaction", "like"])
+        assert chained.funnel == ["interaction", "like"] and list(chained.ait) == ["like"]
     """
 
     @dataclass(frozen=True)
@@ -73,6 +83,14 @@ class AITMArch(MultiTaskArch):
                                                   metadata={"help": "hidden sizes of each task's MLP"})
         attention_dim: Optional[int] = field(
             default=None, metadata={"help": "width k of the AIT attention (default: the representation width)"})
+        chain: List[str] = field(default_factory=list, metadata={
+            "help": "two binary tasks FIRST SECOND: the transfer runs FIRST -> SECOND, SECOND stays P(SECOND | "
+                    "FIRST) on its observed rows, and FIRST_x_SECOND = P(FIRST) x P(SECOND | FIRST) is learnt on "
+                    "every row"})
+        chain_loss_weight: float = field(default=1.0, metadata={"help": "loss weight of the chain's output"})
+
+        def __post_init__(self) -> None:
+            check_chain_options(self.chain, self.chain_loss_weight)
 
     def __init__(
         self,
@@ -81,13 +99,18 @@ class AITMArch(MultiTaskArch):
         task_layer_sizes: Sequence[int] = (128, 64),
         attention_dim: Optional[int] = Options.attention_dim,
         dropout: float = 0.0,
+        chain: Sequence[str] = (),
+        chain_loss_weight: float = 1.0,
     ) -> None:
         super().__init__(in_features, task_names)
+        self.set_chain(chain, chain_loss_weight)
         if not task_layer_sizes or (attention_dim is not None and attention_dim < 1):
             raise ValueError("AITM needs non-empty task_layer_sizes and attention_dim >= 1 (or None), "
                              f"got {list(task_layer_sizes)} and {attention_dim}")
         width = task_layer_sizes[-1]
-        later = self.task_names[1:]
+        # the tasks that transfer, in funnel order
+        self.funnel = [self.chains[0].first, self.chains[0].second] if self.chains else list(self.task_names)
+        later = self.funnel[1:]
         self.task_mlps = nn.ModuleDict({t: mlp(in_features, task_layer_sizes, dropout) for t in self.task_names})
         self.transfers = nn.ModuleDict({t: mlp(width, [width]) for t in later})
         k = width if attention_dim is None else attention_dim
@@ -95,16 +118,15 @@ class AITMArch(MultiTaskArch):
         self.out_features = width
 
     def forward(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
-        first = self.task_names[0]
-        out = {first: self.task_mlps[first](features)}
-        for prev, t in zip(self.task_names, self.task_names[1:]):
+        out = {t: self.task_mlps[t](features) for t in self.task_names if t not in self.ait}
+        for prev, t in zip(self.funnel, self.funnel[1:]):
             out[t], w = self.ait[t](self.transfers[t](out[prev]), self.task_mlps[t](features))
             self._gate_weights[t] = w.detach()
         return out
 
     def calibration_loss(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         """The behavioural expectation calibrator: ``sum_{t>1} mean(relu(s(y_t) - s(y_{t-1})))``
-        over the heads' logits (binary tasks), penalising a later-funnel probability
+        over the heads' logits of the funnel's tasks (binary), penalising a later-funnel probability
         above the earlier one. Opt-in: add ``alpha * arch.calibration_loss(outputs)``
         to the loss yourself (the paper uses alpha = 0.6).
 
@@ -114,6 +136,6 @@ class AITMArch(MultiTaskArch):
             loss = arch.calibration_loss({"click": torch.tensor([0.0, 2.0]), "buy": torch.tensor([1.0, 0.0])})
             assert torch.isclose(loss, (torch.sigmoid(torch.tensor(1.0)) - 0.5) / 2)
         """
-        probs = [torch.sigmoid(outputs[t]) for t in self.task_names]
-        zero = outputs[self.task_names[0]].new_zeros(())
+        probs = [torch.sigmoid(outputs[t]) for t in self.funnel]
+        zero = outputs[self.funnel[0]].new_zeros(())
         return sum((torch.relu(b - a).mean() for a, b in zip(probs, probs[1:])), zero)

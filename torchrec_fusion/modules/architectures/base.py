@@ -2,10 +2,14 @@
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from torchrec_fusion.tasks import TaskKind, TaskSpec
 
 
 def keep_mask(shape: Sequence[int], p: float, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -154,6 +158,61 @@ class StackedExperts(nn.Module):
         return h.transpose(0, 1)
 
 
+def ctcvr_logit(ctr_logit: torch.Tensor, cvr_logit: torch.Tensor) -> torch.Tensor:
+    """The logit of ``sigmoid(ctr_logit) * sigmoid(cvr_logit)``, computed in log space.
+
+    With ``log p = logsigmoid(a) + logsigmoid(b)`` and
+    ``log(1 - p) = logaddexp(logsigmoid(-a), logsigmoid(a) + logsigmoid(-b))``
+    (as ``1 - s(a) s(b) = s(-a) + s(a) s(-b)``), the result ``log p - log(1 - p)``
+    has no cancellation and finite gradients for any finite logits.
+
+    Example::
+
+        a, b = torch.tensor([0.3, 30.0]), torch.tensor([-1.2, 30.0])
+        p = torch.sigmoid(ctcvr_logit(a, b).double())
+        assert torch.allclose(p, torch.sigmoid(a.double()) * torch.sigmoid(b.double()))
+    """
+    log_ctr, log_cvr = F.logsigmoid(ctr_logit), F.logsigmoid(cvr_logit)
+    log_not = torch.logaddexp(F.logsigmoid(-ctr_logit), log_ctr + F.logsigmoid(-cvr_logit))
+    return log_ctr + log_cvr - log_not
+
+
+@dataclass(frozen=True)
+class TaskChain:
+    """An entire-space chain of two binary tasks (ESMM's click -> conversion): ``second`` is
+    P(second | first), learnt where it is observed, and the chain's output ``<first>_x_<second>`` is
+    P(first) x P(second | first), learnt on every row (label ``first AND second``).
+
+    Example::
+
+        c = TaskChain("interaction", "like")
+        assert c.name == "interaction_x_like" and c.spec.kind == TaskKind.BINARY
+    """
+
+    first: str
+    second: str
+    loss_weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        """The chain's output (and task) name."""
+        return f"{self.first}_x_{self.second}"
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The chain as a binary task of weight ``loss_weight`` (what losses, balancers and metrics see)."""
+        return TaskSpec(self.name, TaskKind.BINARY, self.loss_weight)
+
+
+def check_chain_options(chain: Sequence[str], loss_weight: float) -> None:
+    """The ``chain`` / ``chain_loss_weight`` options' own checks (the task names are checked when
+    the architecture is built): empty, or two different names; a weight >= 0."""
+    if chain and (len(chain) != 2 or chain[0] == chain[1]):
+        raise ValueError(f"chain: expected two different task names [first, second], got {list(chain)}")
+    if not loss_weight >= 0:
+        raise ValueError(f"chain_loss_weight: expected a number >= 0, got {loss_weight}")
+
+
 class MultiTaskArch(nn.Module, ABC):
     """Base of every multi-task architecture.
 
@@ -172,6 +231,22 @@ class MultiTaskArch(nn.Module, ABC):
         self.task_names = list(task_names)
         self.out_features = in_features
         self._gate_weights: Dict[str, torch.Tensor] = {}
+        self.chains: List[TaskChain] = []
+
+    def set_chain(self, chain: Sequence[str], loss_weight: float = 1.0) -> None:
+        """Adds the entire-space chain ``[first, second]`` of two of the tasks (empty: none): its
+        output joins :meth:`combine_outputs`' (see :class:`TaskChain`)."""
+        check_chain_options(chain, loss_weight)
+        if not chain:
+            return
+        unknown = [t for t in chain if t not in self.task_names]
+        if unknown:
+            raise ValueError(f"arch_options.chain {list(chain)}: unknown task(s) {unknown}; the tasks are "
+                             f"{self.task_names}")
+        c = TaskChain(chain[0], chain[1], loss_weight)
+        if c.name in self.task_names:
+            raise ValueError(f"arch_options.chain {list(chain)}: its output {c.name!r} is already a task")
+        self.chains = [c]
 
     @abstractmethod
     def forward(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -179,8 +254,14 @@ class MultiTaskArch(nn.Module, ABC):
 
     def combine_outputs(self, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Hook after the task heads: architectures whose tasks are tied by construction
-        (ESMM's pCTCVR = pCTR x pCVR, for example) derive outputs here. Identity by default."""
-        return outputs
+        (ESMM's pCTCVR = pCTR x pCVR, for example) derive outputs here. By default the outputs, and
+        each chain's logit of P(first) x P(second | first) (in fp32, also under bf16 autocast)."""
+        if not self.chains:
+            return outputs
+        combined = {t: outputs[t] for t in self.task_names}  # by name: fx-traced, outputs is a Proxy
+        for c in self.chains:
+            combined[c.name] = ctcvr_logit(outputs[c.first].float(), outputs[c.second].float())
+        return combined
 
     def gate_weights(self) -> Optional[Dict[str, torch.Tensor]]:
         """Per task, the last batch's gate weights ``[B, num_experts]`` (detached),
