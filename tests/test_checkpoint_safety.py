@@ -92,7 +92,7 @@ def _trusted_metadata(folder: str) -> Any:
 
 def _write_metadata(folder: str, md: Any) -> None:
     with open(os.path.join(folder, ".metadata"), "wb") as f:
-        pickle.dump(md, f)
+        pickle.dump(md, f, protocol=2)  # as SafeWriter writes it
 
 
 def _plant_metadata(folder: str, marker: str) -> None:

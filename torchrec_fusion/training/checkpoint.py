@@ -47,6 +47,7 @@ from torchrec_fusion.training.safe_checkpoint import (
     METADATA,
     SHARD_SUFFIX,
     CheckpointError,
+    SafeWriter,
     check_shards,
     load_plain,
     load_state,
@@ -165,7 +166,7 @@ def save_checkpoint(root: str, step: int, model: nn.Module, optimizer: Optional[
         os.makedirs(tmp)
     _barrier()
     try:
-        dcp_save(app, checkpoint_id=tmp)
+        dcp_save(app, storage_writer=SafeWriter(tmp))
         buf = io.BytesIO()
         torch.save(rng, buf)
         _write(os.path.join(tmp, f"rng_{_rank()}.pt"), buf.getvalue())

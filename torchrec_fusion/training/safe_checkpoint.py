@@ -1,13 +1,13 @@
 """Reading a DCP checkpoint folder without running code that someone put in it.
 
-``torch.distributed.checkpoint`` unpickles ``.metadata`` with plain :mod:`pickle` and reads
-every non-tensor item with ``torch.load(weights_only=False)``: a file planted in a checkpoint
-folder runs its code on load, and a manifest of sha256 values does not stop it (anyone can
-recompute them). Here:
+``torch.distributed.checkpoint`` reads ``.metadata`` and every non-tensor item with unrestricted
+unpickling: a file planted in a checkpoint folder runs its code on load, and a manifest of sha256
+values does not stop it (anyone can recompute them). Here:
 
-- ``.metadata`` is unpickled by :class:`MetadataUnpickler`, which builds only DCP's metadata
-  classes and the torch and pathlib values they hold; any other class or function is refused
-  before it is looked up, so nothing is called;
+- :class:`SafeWriter` writes ``.metadata`` from the in-memory ``Metadata`` at pickle protocol 2,
+  the form torch's weights-only unpickler reads; :func:`read_metadata` reads it with that
+  unpickler (``torch.load(weights_only=True)``'s own), allowing only DCP's metadata classes and
+  paths beside torch's defaults: any other class or function is refused, so nothing is called;
 - the metadata is checked: every item lies inside a ``*.distcp`` file of the folder, with no
   stream transforms (this project writes none);
 - every item of every shard is read with ``torch.load(weights_only=True)`` (tensors and plain
@@ -19,63 +19,74 @@ Any refusal is a :class:`CheckpointError` naming the file.
 
 import io
 import os
+import pathlib
 import pickle
-from typing import Any, BinaryIO, Dict, FrozenSet, List, Tuple, Union
+import warnings
+from typing import Any, BinaryIO, Callable, Dict, List, Tuple, Union
 
 import torch
+from torch import _weights_only_unpickler as weights_only_unpickler
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageInfo
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter, _StorageInfo
 from torch.distributed.checkpoint.metadata import (
+    _MEM_FORMAT_ENCODING,
     BytesStorageMetadata,
+    ChunkStorageMetadata,
     Metadata,
     MetadataIndex,
     StorageMeta,
+    TensorProperties,
     TensorStorageMetadata,
 )
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.storage import WriteResult
 from torch.distributed.checkpoint.utils import _create_file_view
 
 METADATA = ".metadata"
 SHARD_SUFFIX = ".distcp"
 
-_DCP = "torch.distributed.checkpoint.metadata"
-# what DCP's own .metadata pickles refer to (found by recording find_class on real checkpoints)
-_ALLOWED: FrozenSet[Tuple[str, str]] = frozenset(
-    {(_DCP, n) for n in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "TensorProperties",
-                         "ChunkStorageMetadata", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")}
-    | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
-       ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
-       ("pathlib._local", "PosixPath"), ("collections", "OrderedDict")})
+# what DCP's .metadata holds beyond torch's own weights-only defaults (torch.Size, dtypes, layouts)
+_METADATA_CLASSES: List[Union[Callable[..., Any], Tuple[Callable[..., Any], str]]] = [
+    Metadata, TensorStorageMetadata, BytesStorageMetadata, TensorProperties, ChunkStorageMetadata, MetadataIndex,
+    StorageMeta, _MEM_FORMAT_ENCODING, _StorageInfo, pathlib.PosixPath, pathlib.PurePosixPath]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete, corrupted, or holds something it must not."""
 
 
-class MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP metadata only: DCP's metadata dataclasses, ``torch.Size``, dtypes, layouts,
-    memory formats and paths. Any other global is refused before it is looked up.
+class SafeWriter(FileSystemWriter):
+    """DCP's file writer, then ``.metadata`` written again from memory at pickle protocol 2 (DCP's
+    own is protocol 4, whose framing torch's weights-only unpickler does not read)."""
+
+    def finish(self, metadata: Metadata, results: List[List[WriteResult]]) -> None:
+        super().finish(metadata, results)  # completes ``metadata`` (storage data and meta) in memory
+        path = os.path.join(str(self.path), METADATA)
+        with open(path + ".p2", "wb") as f:
+            f.write(pickle.dumps(metadata, protocol=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".p2", path)
+
+
+def unpickle_metadata(source: BinaryIO) -> Any:
+    """DCP metadata read by torch's weights-only unpickler (DCP's classes allowed, nothing else).
 
     Example::
 
-        assert MetadataUnpickler(io.BytesIO(pickle.dumps(torch.Size([2, 3])))).load() == torch.Size([2, 3])
+        md = Metadata({"w": BytesStorageMetadata()})
+        assert unpickle_metadata(io.BytesIO(pickle.dumps(md, protocol=2))) == md
         try:
-            MetadataUnpickler(io.BytesIO(pickle.dumps(os.getcwd))).load()
+            unpickle_metadata(io.BytesIO(pickle.dumps(os.getcwd, protocol=2)))
             raise AssertionError("a function was unpickled")
-        except pickle.UnpicklingError as e:
-            assert "refused global" in str(e)
+        except pickle.UnpicklingError:
+            pass
     """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused global {module}.{name} (only DCP metadata may be unpickled)")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("refused a persistent id (DCP metadata has none)")
+    with torch.serialization.safe_globals(_METADATA_CLASSES):
+        return weights_only_unpickler.load(source)
 
 
 def _bad(folder: str, name: str, why: str) -> CheckpointError:
@@ -112,14 +123,16 @@ def _check_item(folder: str, index: Any, info: Any, sizes: Dict[str, int]) -> No
 
 
 def read_metadata(folder: str) -> Metadata:
-    """The checked DCP metadata of checkpoint ``folder``, unpickled by :class:`MetadataUnpickler`."""
+    """The checked DCP metadata of checkpoint ``folder``, read by :func:`unpickle_metadata`."""
     try:
-        with open(os.path.join(folder, METADATA), "rb") as f:
-            md = MetadataUnpickler(f).load()
+        with open(os.path.join(folder, METADATA), "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on the protocol of a refused file
+            md = unpickle_metadata(f)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {folder} is incomplete: {METADATA} is missing") from None
-    except Exception as e:  # a refused global, or bytes that are no pickle at all
-        raise _bad(folder, METADATA, f"cannot be read safely ({type(e).__name__}: {e})") from None
+    except Exception as e:  # a refused global, bytes that are no pickle, or a checkpoint not written by SafeWriter
+        raise _bad(folder, METADATA, f"cannot be read safely ({type(e).__name__}: {e}; checkpoints written "
+                                     "before this check came in must be re-trained)") from None
     if not (isinstance(md, Metadata) and isinstance(md.state_dict_metadata, dict)
             and isinstance(md.storage_data, dict)):
         raise _bad(folder, METADATA, "is not DCP metadata")
@@ -172,7 +185,7 @@ class SafePlanner(DefaultLoadPlanner):
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
         fqn = read_item.dest_index.fqn
         obj = load_plain(value, self.folder, f"item {fqn}")
-        if self.flatten_state_dict:  # as DefaultLoadPlanner.load_bytes, without its weights_only=False
+        if self.flatten_state_dict:  # as DefaultLoadPlanner.load_bytes, with weights_only=True
             set_element(self.original_state_dict, self.mappings[fqn], obj)
         else:
             self.state_dict[fqn] = obj
