@@ -88,10 +88,12 @@ def _loader_rates(suite: Suite, threads: int) -> List[Dict[str, Any]]:
     if not dp:
         dp.append({**syn, "against": None})
     if suite.ml_ok:
-        mlc = read_config_file(str(ML_CONFIG))
-        ml = movielens_loader(suite.ml_dir, mlc["batch_size"], plan.loader_batches, threads, mlc["history_length"])
+        from torchrec_fusion.training.config import TrainConfig
+
+        mlc = TrainConfig.from_dict(read_config_file(str(ML_CONFIG)))  # the file's settings over the defaults
+        ml = movielens_loader(suite.ml_dir, mlc.batch_size, plan.loader_batches, threads, mlc.history_length)
         if suite.ml_rate:
-            steps_per_s = suite.ml_rate / (mlc["batch_size"] * suite.result["movielens"]["world_size"])
+            steps_per_s = suite.ml_rate / (mlc.batch_size * suite.result["movielens"]["world_size"])
             dp.append(_against_training(ml, "ML-100K run, make movielens", steps_per_s))
         else:
             dp.append({**ml, "against": None})

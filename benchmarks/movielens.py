@@ -1,6 +1,6 @@
 """Section 5 of the suite: the MovieLens-100K MMoE run of configs/movielens-100k.yaml (``make movielens``)
 as a user runs it, its samples/s as the trainer reports it and its u1.test quality, one of its steps
-profiled, and the CLI defaults' run for reference."""
+profiled, and the plain command (the CLI defaults) in the same sitting."""
 
 import time
 from typing import Any, Dict
@@ -40,20 +40,27 @@ def _targets(suite: Suite, res: RunResult, ml_ws: int, others: float) -> None:
                           "by": None, "other_cpu_cores": 0.0})
 
 
-def _cli_defaults(suite: Suite, common: Dict[str, Any], ml_ws: int) -> Dict[str, Any]:
-    """For reference: the CLI's defaults (batch 256 per rank, the larger model, fp32, planner's plan)."""
+def _cli_defaults(suite: Suite, common: Dict[str, Any], ml_ws: int, config_rate: float) -> Dict[str, Any]:
+    """The plain command a new user types (the CLI's defaults, the same epochs as the config's run), in
+    the same sitting as the config's run: issue #15's bar is >= 90% of the config's samples/s."""
     from torchrec_fusion.training.trainer import train
 
-    plan = suite.plan
-    dcfg = TrainConfig.from_dict({"dataset": "movielens", **common, "epochs": plan.ml_epochs,
-                                  "max_steps": plan.ml_max_steps})
+    dcfg = TrainConfig.from_dict({"dataset": "movielens", **common})
     t = time.perf_counter()
+    load = OtherLoad()
     dres = train(dcfg)
-    return {"command": f"torchrec-fusion train --dataset movielens --data-dir {suite.ml_dir} --world-size {ml_ws} "
-                       f"--epochs {plan.ml_epochs}"
-                       + (f" --max-steps {plan.ml_max_steps}" if plan.ml_max_steps else ""),
-            "samples_per_second": dres.samples_per_second, "steps": dres.steps,
-            "batch_size_per_rank": dcfg.batch_size, "wall_seconds": time.perf_counter() - t, "tasks": dres.tasks}
+    others = load.cores()
+    extra = "".join(f" --{k.replace('_', '-')} {common[k]}" for k in ("epochs", "max_steps") if common.get(k))
+    ratio = dres.samples_per_second / config_rate
+    suite.targets.append({"target": "ML-100K plain command (CLI defaults) against the config, trainer's samples/s, "
+                                    "same sitting", "goal": ">= 0.90", "measured": ratio, "met": ratio >= 0.9,
+                          "by": ratio / 0.9, "other_cpu_cores": others})
+    return {"command": f"torchrec-fusion train --dataset movielens --data-dir {suite.ml_dir} --world-size {ml_ws}"
+                       + extra,
+            "samples_per_second": dres.samples_per_second, "steps": dres.steps, "epochs": dcfg.epochs,
+            "batch_size_per_rank": dcfg.batch_size, "precision": dcfg.precision,
+            "wall_seconds": time.perf_counter() - t, "tasks": dres.tasks, "of_config": ratio,
+            "other_cpu_cores": others}
 
 
 def run_movielens(suite: Suite) -> None:
@@ -91,7 +98,7 @@ def run_movielens(suite: Suite) -> None:
     _targets(suite, res, ml_ws, others)
     warm, steps, prof = (2, 3, 1) if suite.args.quick else (10, 40, 3)
     suite.result["movielens"]["step_profile"] = launch(profile_demo_step, ml_ws, cfg, warm, steps, prof)
-    suite.result["movielens"]["cli_defaults"] = _cli_defaults(suite, common, ml_ws)
+    suite.result["movielens"]["cli_defaults"] = _cli_defaults(suite, common, ml_ws, res.samples_per_second)
 
 
 def report_movielens(suite: Suite) -> None:
@@ -120,6 +127,7 @@ def report_movielens(suite: Suite) -> None:
         f"{k} {v:.1f}" for k, v in p["top_self_cpu_ms_per_step"][:8]))
     f = m.get("cli_defaults")
     if f:
-        say(f"for reference, the CLI's defaults: {f['command']} (batch {f['batch_size_per_rank']} per rank, "
-            f"the larger default model, fp32): {f['steps']} steps, samples/s {f['samples_per_second']:,.0f}; "
-            f"like AUC {f['tasks']['like']['auc']:.4f}, rating RMSE {f['tasks']['rating']['rmse']:.4f}")
+        say(f"the plain command (the CLI's defaults): {f['command']} (batch {f['batch_size_per_rank']} per rank, "
+            f"{f['epochs']} epochs): {f['steps']} steps, samples/s {f['samples_per_second']:,.0f} = "
+            f"{f['of_config']:.0%} of the config's; u1.test like AUC {f['tasks']['like']['auc']:.4f}, "
+            f"rating RMSE {f['tasks']['rating']['rmse']:.4f}")

@@ -17,6 +17,9 @@ printed text beside it (``bench.txt``). Sections:
 4. roofline: bytes of embedding rows moved per second against the measured memory bandwidth.
 5. movielens: the ML-100K MMoE run of configs/movielens-100k.yaml (make movielens): samples/s as the trainer
    reports it and its u1.test quality; the CLI defaults' run for reference.
+6. small_tables: the census shape (32 small categorical tables, 7 dense, 2 binary tasks, MMoE): ours with
+   the CLI defaults at world size 1 and 2 against plain PyTorch, samples/s and held-out AUC
+   (``benchmarks.small_tables``, also runnable alone).
 
 Each configuration runs in fresh processes (one per rank) so that its peak RSS is its own
 (``--quick`` shares one process per world size: its memory figures are not isolated). Threads per
@@ -34,7 +37,7 @@ from typing import Any, Dict, List, Optional
 from benchmarks.suite import DEFAULT_ML, ROOT, Suite, Tee, plan_for
 
 DEFAULT_OUT = ROOT / "runs" / "bench" / "bench.json"
-SECTIONS = ("comparison", "scaling", "datapath", "roofline", "movielens")
+SECTIONS = ("comparison", "scaling", "datapath", "roofline", "movielens", "small_tables")
 
 
 def _world_sizes(device: str, notes: List[str]) -> List[int]:
@@ -77,6 +80,10 @@ def run_benchmarks(args: argparse.Namespace, say: Tee) -> Dict[str, Any]:
         sec.roofline(suite)
     if "movielens" in wanted:
         report_movielens(suite)
+    if "small_tables" in wanted:
+        from benchmarks.small_tables import small_tables
+
+        small_tables(suite)
     sec.notes_and_targets(suite)
     la = load_average()
     result["machine"]["load_average_end"] = la

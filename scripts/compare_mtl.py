@@ -35,6 +35,7 @@ def main(argv: List[str]) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--epochs", type=int, default=None, help="override the CLI default (smoke runs)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the CLI default (smoke runs on tiny data)")
     p.add_argument("--synthetic-rows", type=int, default=20_000)
     p.add_argument("--out", default="docs/mtl_comparison")
     args = p.parse_args(argv)
@@ -45,6 +46,8 @@ def main(argv: List[str]) -> int:
     # each dataset takes its own options: the files' folder, or the number of synthetic rows
     data = {"data_dir": args.data_dir} if args.dataset == "movielens" else {"synthetic_rows": args.synthetic_rows}
     epochs = {"epochs": args.epochs} if args.epochs else {}
+    if args.batch_size:
+        epochs["batch_size"] = args.batch_size
     runs: List[Dict[str, Any]] = []
     for arch in args.archs:
         for balancing in args.balancing:

@@ -274,7 +274,7 @@ def test_trains_sharded_over_two_processes(arch: str, balancing: str) -> None:
 
 # today's defaults (those the CLI has always used), per architecture
 ARCH_DEFAULTS = {
-    "mmoe": {"num_experts": 4, "expert_layer_sizes": [128, 64]},
+    "mmoe": {"num_experts": 4, "expert_layer_sizes": [64]},
     "ple": {"num_levels": 2, "num_shared_experts": 2, "num_task_experts": 1, "expert_layer_sizes": [128, 64]},
     "cgc": {"num_shared_experts": 2, "num_task_experts": 1, "expert_layer_sizes": [128, 64]},
     "shared_bottom": {"bottom_layer_sizes": [128, 64]},

@@ -25,7 +25,8 @@ def test_quick_suite_writes_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
     assert (out / "bench.txt").read_text().startswith("== machine ==")
-    for section in ("machine", "bandwidth", "comparison", "profile", "scaling", "datapath", "roofline", "movielens"):
+    for section in ("machine", "bandwidth", "comparison", "profile", "scaling", "datapath", "roofline", "movielens",
+                    "small_tables"):
         assert section in report, section
     assert _positive(report["bandwidth"]["reference_bytes_per_s"])
     assert _positive(report["wall_seconds"])
@@ -63,6 +64,19 @@ def test_quick_suite_writes_every_section(tmp_path):
     else:
         assert "skipped" in ml
     assert report["targets"] and all(isinstance(t["met"], bool) for t in report["targets"])
+    _check_small_tables(report["small_tables"])
+
+
+def _check_small_tables(small):
+    """Every configuration ran, learned something (AUC above chance on the held-out rows) and has a ratio."""
+    seen = {(s["contender"], s["world_size"]) for s in small["summary"]}
+    assert seen == {("plain", 1), ("ours", 1), ("ours", 2)}
+    for s in small["summary"]:
+        assert _positive(s["samples_per_s"]) and _positive(s["ratio_to_plain"]), s
+        assert all(0.5 < s["auc"][t] <= 1.0 for t in ("income", "marital")), s
+    assert {r["precision"] for r in small["runs"] if r["contender"] == "ours"} <= {"bf16", "fp32"}
+    assert small["plain_by_batch_size"] and all(_positive(v) for v in small["plain_by_batch_size"].values())
+    assert any(r.get("profile") for r in small["runs"] if r["contender"] == "ours")
 
 
 def test_cuda_variant_says_when_cuda_is_missing(tmp_path):

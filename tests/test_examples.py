@@ -53,7 +53,8 @@ def test_compare_mtl_script_smoke(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     proc = subprocess.run([sys.executable, "scripts/compare_mtl.py", "--dataset", "synthetic", "--synthetic-rows",
                            "3000", "--archs", "ple", "--balancing", "fixed", "gradnorm", "--seeds", "0",
-                           "--epochs", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--epochs", "1", "--batch-size", "256", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = out.with_suffix(".md").read_text()
     assert "| ple | fixed |" in table and "| ple | gradnorm |" in table

@@ -103,3 +103,39 @@ def test_stacked_experts_with_dropout_match_each_expert() -> None:
     experts.train()
     y = experts(x)
     assert y.shape == (64, 3, 6) and (y >= 0).all() and 0.05 < float((y == 0).float().mean()) < 0.95
+
+
+def test_auto_precision_reads_the_cpu_flags(tmp_path, monkeypatch) -> None:
+    from torchrec_fusion.training import precision as p
+
+    intel = tmp_path / "cpuinfo"
+    intel.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\nprocessor\t: 1\n")
+    assert p.cpu_flags(str(intel)) >= {"avx2", "avx512f"} and not p.native_bf16(p.cpu_flags(str(intel)))
+    amx = tmp_path / "amx"
+    amx.write_text("flags\t\t: fpu avx512f amx_tile amx_bf16\n")
+    arm = tmp_path / "arm"
+    arm.write_text("Features\t: fp asimd bf16 i8mm\n")
+    assert p.native_bf16(p.cpu_flags(str(amx))) and p.native_bf16(p.cpu_flags(str(arm)))
+    assert p.cpu_flags(str(tmp_path / "absent")) == set()  # not Linux: fp32
+    # the CPU's capability mocked: no native bf16 falls back to fp32, native picks bf16; asked wins
+    monkeypatch.setattr(p, "cpu_flags", lambda path="/proc/cpuinfo": {"avx2", "avx512f"})
+    assert p.resolve_precision("auto", "cpu")[0] == "fp32"
+    assert p.resolve_precision("bf16", "cpu") == ("bf16", "asked")
+    assert p.resolve_precision("auto", "cuda")[0] == "fp32"
+    monkeypatch.setattr(p, "cpu_flags", lambda path="/proc/cpuinfo": {"avx512f", "avx512_bf16"})
+    assert p.resolve_precision("auto", "cpu")[0] == "bf16"
+    assert p.resolve_precision("fp32", "cpu")[0] == "fp32"
+
+
+@pytest.mark.parametrize("flags,expected", [({"avx2"}, "fp32"), ({"amx_bf16"}, "bf16")])
+def test_default_config_builds_the_resolved_precision(monkeypatch, flags, expected) -> None:
+    from torchrec_fusion.data.synthetic import SyntheticConfig, make_synthetic
+    from torchrec_fusion.training import precision as p
+    from torchrec_fusion.training.config import TrainConfig
+    from torchrec_fusion.training.factory import build_train_model
+
+    monkeypatch.setattr(p, "cpu_flags", lambda path="/proc/cpuinfo": flags)
+    config = TrainConfig.make(device="cpu")
+    assert config.precision == "auto"
+    train, _ = make_synthetic(SyntheticConfig(num_rows=64, seed=0))
+    assert build_train_model(config, train, device="cpu").model.precision == expected

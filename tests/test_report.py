@@ -161,7 +161,8 @@ def test_demo_writes_report_with_every_figure(tmp_path) -> None:
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     demo = shlex.split(re.search(r"^DEMO_ARGS \?= (.*)$", makefile, re.M).group(1))
     out = tmp_path / "demo"
-    assert main(["train", *demo, "--synthetic-rows", "6000", "--epochs", "2", "--output-dir", str(out),
+    assert main(["train", *demo, "--synthetic-rows", "6000", "--batch-size", "512", "--epochs", "2",
+                 "--output-dir", str(out),
                  "--no-progress", "--quiet"]) == 0
     report = (out / "report.md").read_text()
     for png in ("loss", "metrics", "gates", "task_weights", "fusion_weights"):

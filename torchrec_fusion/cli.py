@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 from torchrec_fusion.commands import COMMANDS
 from torchrec_fusion.commands.base import plain
@@ -16,12 +16,23 @@ from torchrec_fusion.commands.base import plain
 USER_ERRORS = (ValueError, OSError, KeyError, RuntimeError, FloatingPointError, TypeError)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> Optional[str]:
+    """The command ``argv`` names: the program itself has no flags but --help, so it is the first word."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The program's parser. Every command is listed, but only the one ``argv`` names (every one when
+    ``argv`` is None) gets its flags: building them imports what the command needs (train's flags come
+    from the registries, which import torch), and ``--help`` or a path error must answer at once."""
+    chosen = None if argv is None else _command_in(argv)
     parser = argparse.ArgumentParser(prog="torchrec-fusion", description=plain(__doc__ or ""))
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=plain(command.help),
-                                             description=plain(command.description or command.help)))
+        p = sub.add_parser(name, help=plain(command.help), description=plain(command.description or command.help))
+        if argv is None or name == chosen:
+            command.add_arguments(p)
     return parser
 
 
@@ -36,7 +47,15 @@ def _terminated(signum: int, frame: Optional[FrameType]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs one command. A user error is one line and exit code 2; an interrupt (Ctrl-C, SIGTERM)
     is one line and 130 (143 for SIGTERM), after the command's cleanup has run."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = _command_in(argv)
+    if chosen is not None:
+        try:  # output paths checked before the flags are built (which imports torch) and before any work
+            COMMANDS[chosen].check_outputs(argv)
+        except OSError as e:
+            print(f"torchrec-fusion {chosen}: error: {e}", file=sys.stderr)
+            return 2
+    args = build_parser(argv).parse_args(argv)
     # the launcher's own process only: under torchrun its agent ends the ranks (a rank blocked in a
     # collective could not run a Python handler)
     handles_sigterm = threading.current_thread() is threading.main_thread() and not (

@@ -11,6 +11,7 @@ OUTPUTS = ("fused.csv", "metrics.json")
 
 class Fuse(Command):
     help = "fuse the score files of separate runs (train --save-scores)"
+    outputs = {"--output-dir": "dir"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from torchrec_fusion.fusion.files import FILE_FUSIONS

@@ -5,9 +5,10 @@ import dataclasses
 import os
 import types
 import typing
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torchrec_fusion.commands.base import Command, plain
+from torchrec_fusion.commands.flag_cache import cached
 from torchrec_fusion.registry import option_names, options_class
 from torchrec_fusion.training.config import FAMILIES, TrainConfig, flat_option_names, read_config_file
 
@@ -75,7 +76,8 @@ HELP = {
     "sharding_type": "force this sharding type on every table (default: the planner chooses)",
     "batch_size": "per-rank batch size",
     "precision": "bf16: the dense part (MLPs, experts, gates, towers) in bfloat16 under torch.autocast, 4-5x "
-                 "faster matrix products on CPUs with AVX512-BF16/AMX; tables, optimizer state and losses stay fp32",
+                 "faster matrix products on CPUs with AVX512-BF16/AMX; tables, optimizer state and losses stay fp32; "
+                 "auto: bf16 where the CPU has native bfloat16, else fp32 (the choice is printed)",
     "output_dir": "where the run writes config.yaml, metrics.json, the report and checkpoints/; one run at a time "
                   "(OUT/.lock), and a folder holding a run is refused unless --resume or --overwrite (default: "
                   "none, nothing is written)",
@@ -114,7 +116,7 @@ def _choices() -> Dict[str, Sequence[str]]:
 
     out: Dict[str, Sequence[str]] = {
         "embedding_optimizer": sorted(EMBEDDING_OPTIMIZERS), "dense_optimizer": sorted(DENSE_OPTIMIZERS),
-        "sharding_type": SHARDING_TYPES, "device": ["cpu", "cuda"], "precision": list(PRECISIONS)}
+        "sharding_type": SHARDING_TYPES, "device": ["cpu", "cuda"], "precision": ["auto", *PRECISIONS]}
     for family in FAMILIES:
         out[family.choice] = ([family.none] if family.none else []) + sorted(family.registry())
     return out
@@ -170,20 +172,30 @@ def _help(text: str, default: Any) -> str:
     return text.replace("%", "%%")  # argparse formats help with %
 
 
-def _config_flags(parser: argparse.ArgumentParser) -> None:
+Spec = Dict[str, Any]  # one flag: {"flag": "--num-experts", "type": "int", "nargs": ..., "choices": ..., "help": ...}
+_TYPES: Dict[str, Any] = {"int": int, "float": float, "str": str, "key_value": _key_value}
+
+
+def _spec(flag: str, kind: Dict[str, Any], help: str, choices: Optional[Sequence[str]] = None) -> Spec:
+    """A flag as plain data (JSON), so that the flags can be cached and rebuilt without importing torch."""
+    out: Spec = {"flag": flag, "help": help, **{k: v for k, v in kind.items() if k in ("nargs", "metavar")}}
+    if kind.get("action") is argparse.BooleanOptionalAction:
+        out["type"] = "bool"
+    else:
+        out["type"] = next(name for name, t in _TYPES.items() if t is kind["type"])
+    if choices is not None:
+        out["choices"] = list(choices)
+    return out
+
+
+def _config_flags() -> List[Spec]:
     choices, hints = _choices(), typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in _NOT_FLAGS:
-            continue
-        default = _default(f)
-        # SUPPRESS: only the flags given on the command line override the config file
-        kw = {"default": argparse.SUPPRESS, "help": _help(HELP.get(f.name, ""), default), **_kind(hints[f.name])}
-        if f.name in choices:
-            kw["choices"] = list(choices[f.name])
-        parser.add_argument("--" + f.name.replace("_", "-"), **kw)
+    return [_spec("--" + f.name.replace("_", "-"), _kind(hints[f.name]), _help(HELP.get(f.name, ""), _default(f)),
+                  choices.get(f.name))
+            for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_FLAGS]
 
 
-def _option_flags(parser: argparse.ArgumentParser) -> None:
+def _option_flags() -> List[Spec]:
     """One flag per component option (``--num-experts``, ``--balancing-window``, ``--fusion-weights``),
     routed by TrainConfig.from_dict into the section of the chosen member."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -192,21 +204,38 @@ def _option_flags(parser: argparse.ArgumentParser) -> None:
         if key in fields:
             continue
         owners.setdefault(key, [n for n, m in family.registry().items() if name in option_names(m)])
+    out = []
     for key, (family, name, member) in flat_option_names().items():
         if key in fields:
             continue
         cls = options_class(member)
         opt = next(f for f in dataclasses.fields(cls) if f.name == name)
-        hint = typing.get_type_hints(cls)[name]
-        default = _default(opt)
         text = str(opt.metadata.get("help", "") or _OPTION_HELP.get(key, ""))
-        parser.add_argument("--" + key.replace("_", "-"), default=argparse.SUPPRESS, **_kind(hint),
-                            help=_help(f"{text + '; ' if text else ''}{family.choice} {', '.join(owners[key])}",
-                                       default))
+        out.append(_spec("--" + key.replace("_", "-"), _kind(typing.get_type_hints(cls)[name]),
+                         _help(f"{text + '; ' if text else ''}{family.choice} {', '.join(owners[key])}",
+                               _default(opt))))
+    return out
+
+
+def _add(parser: argparse.ArgumentParser, spec: Spec) -> None:
+    kw: Dict[str, Any] = {k: v for k, v in spec.items() if k in ("nargs", "metavar", "choices", "help")}
+    if spec["type"] == "bool":
+        kw["action"] = argparse.BooleanOptionalAction
+    else:
+        kw["type"] = _TYPES[spec["type"]]
+    # SUPPRESS: only the flags given on the command line override the config file
+    parser.add_argument(spec["flag"], default=argparse.SUPPRESS, **kw)
+
+
+def flag_specs() -> List[Spec]:
+    """The flags of the run config's fields and of every component's options (this imports every
+    registry, hence torch): cached on disk by :func:`~torchrec_fusion.commands.flag_cache.cached`."""
+    return _config_flags() + _option_flags()
 
 
 class Train(Command):
     help = "train a multi-task model, sharded by TorchRec's planner"
+    outputs = {"--output-dir": "dir"}
     description = ("Train a multi-task model, its tables sharded by TorchRec's planner over --world-size processes "
                    "(or torchrun's). Every option can also be set in a --config file. A run prints its data, its "
                    "threads per rank, a summary of the sharding plan and each epoch's metrics on the held-out "
@@ -217,8 +246,8 @@ class Train(Command):
                                              "or per component in sections data:, arch_options:, "
                                              "balancing_options:, fusion_options:); flags given here override "
                                              "it. Each run saves OUT/config.yaml, which repeats the run")
-        _config_flags(parser)
-        _option_flags(parser)
+        for spec in cached("train", flag_specs):
+            _add(parser, spec)
         parser.add_argument("--no-progress", "--quiet", dest="progress", action="store_false",
                             default=argparse.SUPPRESS, help="hide the progress bars (the metrics are still printed)")
         parser.add_argument("--verbose", dest="full_plan", action="store_true", default=argparse.SUPPRESS,

@@ -13,7 +13,8 @@ from matplotlib.ticker import MaxNLocator
 
 logger = logging.getLogger(__name__)
 
-FIGURES = ("loss.png", "metrics.png", "gates.png", "task_weights.png", "fusion_weights.png")
+FIGURES = ("loss.png", "metrics.png", "gates.png", "task_weights.png", "fusion_weights.png", "importance.png",
+           "experts.png")
 Series = Dict[str, List[float]]
 
 
@@ -225,6 +226,41 @@ def _gates_figure(history: List[Dict[str, Any]], x: List[float]) -> Optional[Fig
     return fig
 
 
+def _importance_figure(explain: Dict[str, Any]) -> Optional[Figure]:
+    """Per score, each feature's mean |attribution| (largest on top); with a fusion, each task's mean
+    |contribution| to the fused score."""
+    panels = {str(k): _dict(v) for k, v in _dict(explain.get("scores")).items() if _dict(v)}
+    if _dict(explain.get("fusion")):
+        panels["fused score, by task"] = _dict(explain["fusion"])
+    if not panels:
+        return None
+    axes = _panels(len(panels))
+    for ax, (name, values) in zip(axes, panels.items()):
+        names = list(values)[::-1]
+        ax.barh(range(len(names)), [_num(values[n]) for n in names], tick_label=names)
+        ax.set(title=name, xlabel="mean |attribution|")
+    return _figure(axes[0])
+
+
+def _experts_figure(explain: Dict[str, Any]) -> Optional[Figure]:
+    """Each task's mean gate weight on each expert, over the explained rows."""
+    experts = {str(t): _dict(g) for t, g in _dict(explain.get("experts")).items() if _dict(g)}
+    if not experts:
+        return None
+    tasks, cols = list(experts), list(dict.fromkeys(e for g in experts.values() for e in g))
+    grid = np.array([[_num(experts[t].get(e)) for e in cols] for t in tasks])
+    fig = Figure(figsize=(max(6.0, 1.2 * len(cols) + 2), 1.2 + 0.5 * len(tasks)), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black")
+    ax.set(yticks=range(len(tasks)), yticklabels=tasks, xticks=range(len(cols)), xticklabels=cols,
+           title=f"how much each task leans on each expert (mean gate weight, {explain.get('rows', '?')} rows)")
+    fig.colorbar(im, ax=ax, label="weight")
+    return fig
+
+
 def _table(rows: Mapping[str, Any]) -> List[str]:
     """A markdown table of the float metrics of each row (``-`` where a row lacks one)."""
     cols = list(dict.fromkeys(k for m in rows.values() for k in _metrics(m)))
@@ -269,6 +305,7 @@ def _figures(result: Mapping[str, Any], history: List[Dict[str, Any]], x: List[f
              cfg: Mapping[str, Any]) -> List[Tuple[str, Draw, str]]:
     """Each figure's file name, how to draw it, and its caption."""
     gates = {t: g for t, g in _dict(result.get("gates")).items() if _dict(g).get("collapsed") is True}
+    explain = _dict(result.get("explain"))
     method = _dict(result.get("fused")).get("method", cfg.get("fusion", "?"))
     return [
         ("loss.png", lambda: _loss_figure(result, history, x),
@@ -290,6 +327,14 @@ def _figures(result: Mapping[str, Any], history: List[Dict[str, Any]], x: List[f
             _by_epoch(history, lambda e: _dict(e.get("fused")).get("weights")), x, f"fusion weights ({method})"),
          "Weight of each task score in the fused score, per epoch. Look for weights that settle: a score near "
          "weight 0 adds nothing to the fused ranking."),
+        ("importance.png", lambda: _importance_figure(explain),
+         f"What drives each task: mean |integrated gradients| of each feature over {explain.get('rows', '?')} rows of "
+         f"the {explain.get('split', 'evaluation')} split (logit units for binary tasks, the task's own for "
+         "regression; from the all-zero input). Look for the features a task relies on, and for tasks that rely on "
+         "different ones."),
+        ("experts.png", lambda: _experts_figure(explain),
+         "Each task's mean gate weight per expert over the same rows. Look for tasks that share experts and for "
+         "experts only one task uses."),
     ]
 
 

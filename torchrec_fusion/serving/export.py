@@ -7,7 +7,12 @@ tensors on the CPU, and writes ``OUT/export/``:
 - ``model.pt``: the state_dict of the whole model (towers, experts, fusion head and
   every embedding table, unsharded);
 - ``config.yaml`` and ``schema.json``: the run's config and the data schema (features,
-  table sizes, pooling, tasks, dense width) that rebuild the module.
+  table sizes, pooling, tasks, dense width) that rebuild the module, and under ``"tables"`` each
+  embedding table's dtype and bytes (``"quantization"``: the ``--quantize`` dtype, or null).
+
+``export_run(OUT, quantize="int8", table_dtypes={"item": "int4"})`` writes the tables quantized by
+TorchRec's inference quantization (:mod:`torchrec_fusion.serving.quantize`): fp16, or row-wise int8
+or int4, per table; the dense part stays fp32.
 
 ``load_exported(OUT/export)`` rebuilds the module (``MultiTaskTrain``: call it on a
 :class:`~torchrec_fusion.data.batch.MultiTaskBatch`) with plain ``torch.load``: no
@@ -25,6 +30,13 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from torchrec_fusion.modules.model import MultiTaskTrain
+from torchrec_fusion.serving.quantize import (
+    QUANT_DTYPES,
+    load_plain_state,
+    plain_state_dict,
+    quantize_tables,
+    table_bytes,
+)
 from torchrec_fusion.tasks import TaskSpec
 from torchrec_fusion.training.checkpoint import verify_checkpoint
 from torchrec_fusion.training.config import TrainConfig, read_config_file
@@ -66,29 +78,48 @@ class DataSchema:
         return cls(**{**d, "tasks": [TaskSpec(**t) for t in d["tasks"]]})
 
 
-def _rank_export(config: TrainConfig, checkpoint: str, out_dir: str) -> str:
+def _write_json(path: str, payload: Dict[str, Any]) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _rank_export(config: TrainConfig, checkpoint: str, out_dir: str, quantize: Optional[str] = None,
+                 table_dtypes: Optional[Dict[str, str]] = None) -> str:
     verify_checkpoint(checkpoint)
     schema = DataSchema.of(prepare_data(config).train)
     model = build_train_model(config, schema, device="cpu")
     state = {"model": model.state_dict()}
     load_state(state, checkpoint, no_dist=True)  # every shard, gathered into whole tensors (safe reader)
     model.load_state_dict(state["model"])
+    model.eval()
+    fp32 = table_bytes(model)
+    dtypes = quantize_tables(model, quantize, table_dtypes) if quantize else dict.fromkeys(fp32, "fp32")
+    tables = {t: {"dtype": dtypes[t], "bytes": b, "fp32_bytes": fp32[t]} for t, b in table_bytes(model).items()}
     os.makedirs(out_dir, exist_ok=True)
-    torch.save(model.state_dict(), os.path.join(out_dir, "model.pt.tmp"))
+    torch.save(plain_state_dict(model), os.path.join(out_dir, "model.pt.tmp"))
     os.replace(os.path.join(out_dir, "model.pt.tmp"), os.path.join(out_dir, "model.pt"))
     config.save(os.path.join(out_dir, "config.yaml"))
-    with open(os.path.join(out_dir, "schema.json"), "w") as f:
-        json.dump({**schema.to_dict(), "checkpoint": os.path.abspath(checkpoint)}, f, indent=1)
+    _write_json(os.path.join(out_dir, "schema.json"), {**schema.to_dict(), "checkpoint": os.path.abspath(checkpoint),
+                                                       "quantization": quantize, "tables": tables})
     return out_dir
 
 
 def export_run(run_dir: str, out_dir: Optional[str] = None, checkpoint: Optional[str] = None,
-               allow_plugins: bool = False) -> str:
+               allow_plugins: bool = False, quantize: Optional[str] = None,
+               table_dtypes: Optional[Dict[str, str]] = None) -> str:
     """Writes the single-process inference model of the run in ``run_dir`` (default
     ``run_dir/export``) from its latest checkpoint (or ``checkpoint``); returns the folder. A run
-    whose config names plugin modules is refused unless ``allow_plugins`` (see ``load_run``)."""
+    whose config names plugin modules is refused unless ``allow_plugins`` (see ``load_run``).
+    ``quantize`` ("fp16", "int8", "int4") quantizes the embedding tables, ``table_dtypes`` gives some
+    tables (by table or feature name) another of those dtypes."""
+    if table_dtypes and not quantize:
+        raise ValueError("--quantize-table needs --quantize DTYPE (the dtype of the other tables)")
+    if quantize is not None and quantize not in QUANT_DTYPES:
+        raise ValueError(f"--quantize {quantize!r}: one of {sorted(QUANT_DTYPES)}")
     config, ckpt = load_run(run_dir, checkpoint, allow_plugins=allow_plugins)
-    return _rank_export(dataclasses.replace(config, world_size=1), ckpt, out_dir or os.path.join(run_dir, "export"))
+    return _rank_export(dataclasses.replace(config, world_size=1), ckpt, out_dir or os.path.join(run_dir, "export"),
+                        quantize, table_dtypes)
 
 
 def load_exported(path: str) -> MultiTaskTrain:
@@ -103,8 +134,15 @@ def load_exported(path: str) -> MultiTaskTrain:
     config = TrainConfig.from_dict(read_config_file(os.path.join(path, "config.yaml")))
     with open(os.path.join(path, "schema.json")) as f:
         meta = json.load(f)
+    tables = meta.pop("tables", None) or {}
+    quantize = meta.pop("quantization", None)
     meta.pop("checkpoint", None)
     model = build_train_model(config, DataSchema.from_dict(meta), device="cpu")
-    model.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True))
     model.eval()
+    state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
+    if quantize:
+        quantize_tables(model, quantize, {t: v["dtype"] for t, v in tables.items()})
+        load_plain_state(model, state)
+    else:
+        model.load_state_dict(state)
     return model

@@ -342,6 +342,11 @@ def _read_state(path: str) -> Dict[str, Any]:
     return state
 
 
+def read_state(path: str) -> Dict[str, Any]:
+    """Checkpoint ``path``'s state.json (JSON: its step, world size, plan, ...), checked for its form only."""
+    return _read_state(path)
+
+
 def load_rng(path: str, rank: int) -> Dict[str, Any]:
     """Rank ``rank``'s RNG states in checkpoint ``path`` (``{"torch": tensor, "generators": {name: tensor}}``),
     loaded with ``weights_only=True``."""

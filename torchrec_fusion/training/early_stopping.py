@@ -12,10 +12,10 @@ from torchrec_fusion.tasks import TaskKind, TaskSpec
 from torchrec_fusion.training.state import Evaluation
 
 # metric -> True when higher is better (each task kind's metrics, as evaluation.metrics.task_metrics names them)
-HIGHER_IS_BETTER: Dict[str, bool] = {"auc": True, "accuracy": True, "logloss": False, "rmse": False, "mae": False,
-                                     "cross_entropy": False}
-KIND_METRICS: Dict[TaskKind, Sequence[str]] = {TaskKind.BINARY: ("auc", "logloss"),
-                                               TaskKind.REGRESSION: ("rmse", "mae"),
+HIGHER_IS_BETTER: Dict[str, bool] = {"auc": True, "accuracy": True, "logloss": False, "ne": False, "rmse": False,
+                                     "mse": False, "mae": False, "cross_entropy": False}
+KIND_METRICS: Dict[TaskKind, Sequence[str]] = {TaskKind.BINARY: ("auc", "logloss", "ne"),
+                                               TaskKind.REGRESSION: ("rmse", "mae", "mse"),
                                                TaskKind.MULTICLASS: ("accuracy", "cross_entropy")}
 FUSED = "fused"
 

@@ -1,7 +1,8 @@
-"""Scoring with the sharded model: every row of a split (predictions gathered from all ranks in row
+"""Scoring with the sharded model: the per-task metrics of a split (streamed: summed where the
+predictions are, reduced once), every row of a split (predictions gathered from all ranks in row
 order), and the ranking of the whole item catalogue for each evaluated user."""
 
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -19,10 +20,11 @@ from torchrec_fusion.evaluation.catalogue import (
     relevant_rows,
 )
 from torchrec_fusion.evaluation.gates import GateStats
+from torchrec_fusion.evaluation.streaming import StreamingMetrics
 from torchrec_fusion.fusion.rank_aggregation import aggregate_lists
 from torchrec_fusion.fusion.ranking_weights import fit_ranking_weights, fuse_ranking, log_form
 from torchrec_fusion.modules.model import RETRIEVAL
-from torchrec_fusion.tasks import TaskKind
+from torchrec_fusion.tasks import TaskKind, TaskSpec
 from torchrec_fusion.training.config import TrainConfig
 from torchrec_fusion.training.prepare import PreparedData
 from torchrec_fusion.training.session import train_module
@@ -61,30 +63,55 @@ def _gather(values: List[torch.Tensor], labels: List[torch.Tensor], n: int, ctx:
 
 
 @torch.no_grad()
-def evaluate(pipeline: TrainPipelineSparseDist, model: nn.Module, data: BatchSource, ctx: DistContext,
-             batch_size: int, gates: Optional[GateStats] = None) -> Tuple[Scores, Scores]:
-    """Predictions and labels of every row of ``data`` (NaN labels for padding and
-    absent labels), gathered from all ranks in row order; gate statistics of the
-    architecture go into ``gates`` when given."""
+def _score(pipeline: TrainPipelineSparseDist, model: nn.Module, data: BatchSource, ctx: DistContext,
+           batch_size: int, gates: Optional[GateStats], consume: Callable[[Scores, Scores], None]) -> None:
+    """Hands each batch's (predictions, labels) of this rank's rows of ``data`` to ``consume``;
+    gate statistics go into ``gates`` (summed over ranks) when given."""
     model.eval()
     inner = train_module(model).model
-    preds: Dict[str, List[torch.Tensor]] = {}
-    labels: Dict[str, List[torch.Tensor]] = {}
     it = data.batches(batch_size, rank=ctx.rank, world_size=ctx.world_size, drop_last=False)
     for p, y in _batches(pipeline, it):
-        for k in p:
-            preds.setdefault(k, []).append(p[k])  # stays on the device until gathered
-            labels.setdefault(k, []).append(y[k])
+        consume(p, y)
         if gates is not None:  # rows with any label: padding rows have none
             keep = ~torch.stack(list(y.values()), 1).isnan().all(1)
             gates.update({t: w.cpu() for t, w in (inner.gate_weights() or {}).items()}, keep.cpu())
     model.train()
     if gates is not None and ctx.world_size > 1:
         _reduce_gates(gates, ctx)
+
+
+def evaluate(pipeline: TrainPipelineSparseDist, model: nn.Module, data: BatchSource, ctx: DistContext,
+             batch_size: int, gates: Optional[GateStats] = None) -> Tuple[Scores, Scores]:
+    """Predictions and labels of every row of ``data`` (NaN labels for padding and
+    absent labels), gathered from all ranks in row order; gate statistics of the
+    architecture go into ``gates`` when given. For metrics alone, :func:`evaluate_metrics`."""
+    preds: Dict[str, List[torch.Tensor]] = {}
+    labels: Dict[str, List[torch.Tensor]] = {}
+
+    def keep(p: Scores, y: Scores) -> None:
+        for k in p:
+            preds.setdefault(k, []).append(p[k])  # stays on the device until gathered
+            labels.setdefault(k, []).append(y[k])
+
+    _score(pipeline, model, data, ctx, batch_size, gates, keep)
     out_p, out_y = {}, {}
     for k in preds:
         out_p[k], out_y[k] = _gather(preds[k], labels[k], len(data), ctx)
     return out_p, out_y
+
+
+def evaluate_metrics(pipeline: TrainPipelineSparseDist, model: nn.Module, data: BatchSource, ctx: DistContext,
+                     batch_size: int, tasks: Sequence[TaskSpec], gates: Optional[GateStats] = None
+                     ) -> Dict[str, Dict[str, float]]:
+    """The metrics of ``tasks`` (:func:`~torchrec_fusion.evaluation.metrics.task_metrics`' names,
+    the AUC binned: :mod:`~torchrec_fusion.evaluation.streaming`) over every row of ``data``: each
+    rank sums its own batches where its predictions are, and the sums are added over the ranks in
+    one ``all_reduce``; no prediction leaves its rank."""
+    metrics = StreamingMetrics(tasks, ctx.device)
+    _score(pipeline, model, data, ctx, batch_size, gates, metrics.update)
+    if ctx.world_size > 1:
+        dist.all_reduce(metrics.state())
+    return metrics.compute()
 
 
 def rank_catalogue(pipeline: TrainPipelineSparseDist, model: nn.Module, prepared: PreparedData,

@@ -19,6 +19,7 @@ from torchrec_fusion.modules.model import MultiTaskModel, MultiTaskTrain, loss_t
 from torchrec_fusion.modules.retrieval import RetrievalArch
 from torchrec_fusion.tasks import TaskKind, TaskSpec
 from torchrec_fusion.training.config import TrainConfig
+from torchrec_fusion.training.precision import device_type, resolve_precision
 
 
 class ModelSchema(Protocol):
@@ -84,7 +85,7 @@ def build_model(config: TrainConfig, data: ModelSchema, arch: str, device: str =
         interaction=config.interaction,
         dropout=config.dropout,
         embedding_l2=config.embedding_l2,
-        precision=config.precision,
+        precision=resolve_precision(config.precision, device_type(config.device))[0],
         retrieval=build_retrieval(config, data) if config.retrieval else None,
     )
     means = data.label_means()

@@ -21,7 +21,7 @@ from torchrec_fusion.modules.model import FUSED_TASK, RETRIEVAL
 from torchrec_fusion.tasks import TaskKind
 from torchrec_fusion.training.checkpoint import best_checkpoint, latest_checkpoint
 from torchrec_fusion.training.config import TrainConfig, read_config_file
-from torchrec_fusion.training.evaluate import FUSED_RANKING, derived_scores, evaluate
+from torchrec_fusion.training.evaluate import FUSED_RANKING, derived_scores, evaluate, evaluate_metrics
 from torchrec_fusion.training.item_vectors import (
     catalogue_items,
     has_retrieval,
@@ -77,11 +77,15 @@ def _evaluate_rank(config: TrainConfig, checkpoint: str, split: Optional[str], d
     else:
         raise ValueError(f"split {split!r} is not one of {sorted(prepared.splits)} for this run")
     gates = GateStats()
-    preds, labels = evaluate(session.pipeline, session.dmp, rows, ctx, config.eval_batch_size, gates)
     tasks = list(session.model.tasks) + ([FUSED_TASK] if session.model.fusion is not None else [])
+    if config.keep_predictions:  # every prediction gathered, the exact metrics
+        preds, labels = evaluate(session.pipeline, session.dmp, rows, ctx, config.eval_batch_size, gates)
+        metrics = task_metrics(tasks, preds, labels)
+    else:  # streamed where the predictions are, as the trainer's evaluations
+        metrics = evaluate_metrics(session.pipeline, session.dmp, rows, ctx, config.eval_batch_size, tasks, gates)
     out = {"split": split, **({"data": os.path.abspath(data)} if data else {}), "rows": len(rows),
            "checkpoint": checkpoint, "step": state["step"], "world_size": ctx.world_size,
-           "plan": describe_plan(session.plan), "tasks": task_metrics(tasks, preds, labels), "gates": gates.result()}
+           "plan": describe_plan(session.plan), "tasks": metrics, "gates": gates.result()}
     if config.keep_predictions:
         out["predictions"], out["labels"] = preds, labels
     return out
@@ -311,7 +315,7 @@ def _recommend_rank(config: TrainConfig, checkpoint: str, run_dir: str, users: S
 def recommend(run_dir: str, users: Sequence[int], k: int = 10, by: Optional[str] = None, exclude_seen: bool = True,
               world_size: int = 1, checkpoint: Optional[str] = None, users_per_chunk: int = 64,
               candidates: Optional[int] = None, seen_splits: Optional[Sequence[str]] = None,
-              data: Optional[str] = None, **overrides: Any) -> List[Dict[str, Any]]:
+              data: Optional[str] = None, explain: bool = False, **overrides: Any) -> List[Dict[str, Any]]:
     """Top-``k`` items for each of ``users`` (the dataset's own user ids) from a run's checkpoint,
     ranked by ``by`` (a task, "fused", "retrieval", the chain or "fused_ranking"; default
     fused_ranking when the run has ranking fusion weights, else the chain, else the fused score, else
@@ -323,7 +327,8 @@ def recommend(run_dir: str, users: Sequence[int], k: int = 10, by: Optional[str]
     item of a catalogue of up to 20,000): with fewer than the catalogue, the top ones by the retrieval
     logit ``user . item`` (exact search, seen items excluded) over the item vectors exported with the
     run (``OUT/item_vectors.pt`` of the same checkpoint step, else computed now). Each user's entry
-    says how many items were scored (``"candidates"``)."""
+    says how many items were scored (``"candidates"``). With ``explain``, each item carries its
+    ``"explanation"`` (see :func:`explain_recommendations`)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not users:
@@ -332,4 +337,24 @@ def recommend(run_dir: str, users: Sequence[int], k: int = 10, by: Optional[str]
     users = list(dict.fromkeys(int(u) for u in users))  # each user once, in the order given
     recs: List[Dict[str, Any]] = launch(_recommend_rank, config.world_size, config, ckpt, run_dir, list(users), k,
                                         by, exclude_seen, users_per_chunk, candidates, seen_splits, data)[0]
+    if explain:
+        explain_recommendations(run_dir, recs, checkpoint, allow_plugins=bool(overrides.get("allow_plugins")),
+                                data_dir=overrides.get("data_dir"))
+    return recs
+
+
+def explain_recommendations(run_dir: str, recs: List[Dict[str, Any]], checkpoint: Optional[str] = None,
+                            **load: Any) -> List[Dict[str, Any]]:
+    """Adds to every recommended item of ``recs`` its ``"explanation"``: every score's attributions to
+    the features and the history items, the gate mixtures, the fusion's contributions
+    (:func:`torchrec_fusion.explain.run.explain_pairs`, from the checkpoint gathered in this process)."""
+    from torchrec_fusion.explain.run import explain_pairs, load_explainer
+
+    pairs = [(r["user"], item) for r in recs for item in r["items"]]
+    if not pairs:
+        return recs
+    explained = explain_pairs(load_explainer(run_dir, checkpoint=checkpoint, **load), [u for u, _ in pairs],
+                              [item["item"] for _, item in pairs])
+    for (_, item), e in zip(pairs, explained):
+        item["explanation"] = {k: e[k] for k in ("scores", "gates", "fusion") if k in e}
     return recs

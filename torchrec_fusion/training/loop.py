@@ -19,7 +19,7 @@ from torchrec_fusion.modules.model import FUSED_TASK
 from torchrec_fusion.training.checkpoint import best_checkpoint, mark_best, save_checkpoint, step_name
 from torchrec_fusion.training.config import TrainConfig
 from torchrec_fusion.training.early_stopping import StopMetric, best_epoch, should_stop, summary
-from torchrec_fusion.training.evaluate import evaluate
+from torchrec_fusion.training.evaluate import evaluate, evaluate_metrics
 from torchrec_fusion.training.session import Started, generators
 from torchrec_fusion.training.state import Evaluation, TrainState
 
@@ -55,8 +55,10 @@ def _nan_error(where: str) -> FloatingPointError:
 class TrainLoop:
     """Trains ``started``'s model for ``config.epochs`` from ``state`` (a fresh one or a checkpoint's).
 
-    After :meth:`run`, ``state`` holds the whole run's history and losses, ``predictions`` and
-    ``labels`` the last evaluation's, and ``samples_per_second`` the training throughput."""
+    After :meth:`run`, ``state`` holds the whole run's history and losses, ``samples_per_second`` and
+    ``eval_samples_per_second`` the training and evaluation throughputs, and, when the config asks for
+    them (``save_scores``, ``keep_predictions``), ``predictions`` and ``labels`` the last evaluation's.
+    Every other evaluation streams its metrics (no prediction gathered)."""
 
     def __init__(self, config: TrainConfig, started: Started, state: TrainState, log: Log) -> None:
         self.config, self.ctx, self.state, self.log = config, started.ctx, state, log
@@ -66,7 +68,8 @@ class TrainLoop:
         self.steps_per_epoch = self.train_data.num_batches(config.batch_size, self.ctx.world_size)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train_data)} training rows make no batch of {config.batch_size} x "
-                             f"{self.ctx.world_size} ranks")
+                             f"{self.ctx.world_size} ranks: pass a smaller --batch-size (per rank; the default, "
+                             "4096, suits tens of thousands of rows and more)")
         self.total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
@@ -79,11 +82,17 @@ class TrainLoop:
         self.predictions: Dict[str, torch.Tensor] = {}
         self.labels: Dict[str, torch.Tensor] = {}
         self.train_seconds, self.samples = 0.0, 0
+        self.eval_seconds, self.eval_samples = 0.0, 0
+        self.want_predictions = config.save_scores or config.keep_predictions
         self.stop_metric = self._stop_metric()
 
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.train_seconds if self.train_seconds else 0.0
+
+    @property
+    def eval_samples_per_second(self) -> float:
+        return self.eval_samples / self.eval_seconds if self.eval_seconds else 0.0
 
     def run(self) -> None:
         """Every remaining epoch, the final evaluation and the final checkpoint."""
@@ -98,8 +107,9 @@ class TrainLoop:
                 partial = True
                 break
             self._keep_best()
-        if self.state.evaluated_at != self.state.step or not self.predictions:  # mid-epoch stop, or resumed at the end
-            self.evaluate_now(self.state.step / self.steps_per_epoch)
+        if (self.state.evaluated_at != self.state.step or not self.eval_samples  # mid-epoch stop, resumed at the end
+                or (self.want_predictions and not self.predictions)):  # or stopped early: the last one streamed
+            self.evaluate_now(self.state.step / self.steps_per_epoch, predictions=self.want_predictions)
         if self.ckpt_root and self.config.save_model and not os.path.isdir(
                 os.path.join(self.ckpt_root, step_name(self.state.step))):
             if not partial:
@@ -177,7 +187,7 @@ class TrainLoop:
         train_loss = sum(state.epoch_losses) / len(state.epoch_losses)
         state.finish_epoch()
         state.batch_in_epoch = 0
-        entry = self.evaluate_now(epoch + 1)
+        entry = self.evaluate_now(epoch + 1, predictions=self.want_predictions and state.step >= self.total_steps)
         entry.train_loss = train_loss
         self._log_epoch(entry)
         return True
@@ -236,18 +246,28 @@ class TrainLoop:
         return tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                     unit="batch", leave=False, dynamic_ncols=True)
 
-    def evaluate_now(self, epoch: float) -> Evaluation:
-        """Evaluates the model on the held-out split and records it in the history."""
+    def evaluate_now(self, epoch: float, predictions: bool = False) -> Evaluation:
+        """Evaluates the model on the held-out split and records it in the history: streamed metrics,
+        or with ``predictions``, exact ones over every prediction (kept in ``self.predictions``)."""
         gate_stats = GateStats()
-        self.predictions, self.labels = evaluate(self.session.pipeline, self.dmp, self.eval_data, self.ctx,
-                                                 self.config.eval_batch_size, gate_stats)
         module = self.session.module
-        entry = Evaluation(epoch=epoch, step=self.state.step,
-                           tasks=task_metrics(module.tasks, self.predictions, self.labels),
+        fusion = module.fusion if isinstance(module.fusion, FusionHead) else None
+        tasks = list(module.tasks) + ([FUSED_TASK] if fusion is not None else [])
+        t0 = time.perf_counter()
+        if predictions:
+            self.predictions, self.labels = evaluate(self.session.pipeline, self.dmp, self.eval_data, self.ctx,
+                                                     self.config.eval_batch_size, gate_stats)
+            metrics = task_metrics(tasks, self.predictions, self.labels)
+        else:
+            self.predictions, self.labels = {}, {}
+            metrics = evaluate_metrics(self.session.pipeline, self.dmp, self.eval_data, self.ctx,
+                                       self.config.eval_batch_size, tasks, gate_stats)
+        self.eval_seconds += time.perf_counter() - t0
+        self.eval_samples += len(self.eval_data)
+        entry = Evaluation(epoch=epoch, step=self.state.step, tasks={t.name: metrics[t.name] for t in module.tasks},
                            gates=gate_stats.result(), task_weights=module.balancer.task_weights())
-        if isinstance(module.fusion, FusionHead):
-            entry.fused = {**task_metrics([FUSED_TASK], self.predictions, self.labels)["fused"],
-                           **module.fusion.describe()}
+        if fusion is not None:
+            entry.fused = {**metrics[FUSED_TASK.name], **fusion.describe()}
         history = self.state.history
         if history and history[-1].step == self.state.step:  # resumed at the very end: the same model again
             entry.epoch, entry.train_loss = history[-1].epoch, history[-1].train_loss
@@ -269,9 +289,10 @@ class TrainLoop:
     def _log_epoch(self, entry: Evaluation) -> None:
         shown = {t: m for t, m in {**entry.tasks, **({"fused": entry.fused} if entry.fused else {})}.items()
                  if any(isinstance(v, float) for v in m.values())}  # a task without scored rows is left out
-        self.log(f"epoch {int(entry.epoch)}/{self.config.epochs} train_loss={entry.train_loss:.4f} " + " ".join(
-            f"{t}:" + ",".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
-            for t, m in shown.items()))
+        metrics = " ".join(f"{t}:" + ",".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+                           for t, m in shown.items())
+        self.log(f"epoch {int(entry.epoch)}/{self.config.epochs} train_loss={entry.train_loss:.4f} samples/s="
+                 f"{self.samples_per_second:.0f} eval_samples/s={self.eval_samples_per_second:.0f} {metrics}")
         if entry.gates:
             self.log("  gates: " + "  ".join(
                 f"{t}=[{' '.join(f'{w:.2f}' for w in g['mean_weight'])}] H={g['normalised_entropy']:.2f}"

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Set
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from torchrec_fusion.data.types import BatchSource
 from torchrec_fusion.distributed.launcher import DistContext, cpu_cores, init_distributed
+from torchrec_fusion.distributed.replication import replicated_in, small_table_constraints
 from torchrec_fusion.distributed.sharding import make_sharders, plan_sharding, shard_model
 from torchrec_fusion.modules.model import MultiTaskTrain
 from torchrec_fusion.training.checkpoint import load_checkpoint, load_rng
@@ -77,13 +78,24 @@ class Started:
     session: Session
 
 
+def _replicated_before(config: TrainConfig) -> Optional[Set[str]]:
+    """The tables replicated in the checkpoint a resumed run continues (None for a fresh start)."""
+    from torchrec_fusion.training.checkpoint import read_state
+
+    path = resume_path(config)
+    return replicated_in(str(read_state(path).get("plan", ""))) if path else None
+
+
 def build_session(config: TrainConfig, ctx: DistContext, data: BatchSource) -> Session:
     """Builds ``config``'s model for ``data`` on the meta device, plans it with the memory budget
     of ``config.rank_memory_mb``, and shards it with DMP (tables are not initialised here)."""
     model = build_train_model(config, data)
-    constraints = {t: ParameterConstraints(**c) for t, c in (config.constraints or {}).items()}
-    sharders = make_sharders(config.sharding_type, constraints)
+    asked = {t: ParameterConstraints(**c) for t, c in (config.constraints or {}).items()}
     budget = {} if config.rank_memory_mb is None else {"memory_budget_bytes": int(config.rank_memory_mb * 2**20)}
+    # small tables replicated unasked (asked constraints, --sharding-type and a memory budget win)
+    constraints = small_table_constraints(model, ctx.world_size, config.embedding_optimizer, config.sharding_type,
+                                          asked, memory_budget=bool(budget), previous=_replicated_before(config))
+    sharders = make_sharders(config.sharding_type, constraints)
     plan = plan_sharding(model, ctx, config.batch_size, config.sharding_type, constraints, sharders,
                          embedding_optimizer=config.embedding_optimizer, **budget)
     dmp, optimizer = shard_model(

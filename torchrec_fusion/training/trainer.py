@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from torchrec_fusion.distributed.launcher import cpu_cores, launch, under_torchrun
+from torchrec_fusion.distributed.replication import REPLICATE_TABLE_BYTES
 from torchrec_fusion.distributed.sharding import describe_plan, seed_embedding_tables, summarize_plan
 from torchrec_fusion.fusion.files import write_scores
 from torchrec_fusion.training.checkpoint import latest_checkpoint
@@ -19,6 +20,7 @@ from torchrec_fusion.training.early_stopping import StopMetric
 from torchrec_fusion.training.evaluate import rank_catalogue
 from torchrec_fusion.training.item_vectors import export_item_vectors
 from torchrec_fusion.training.loop import TrainLoop
+from torchrec_fusion.training.precision import device_type, native_bf16, resolve_precision
 from torchrec_fusion.training.preflight import preflight
 from torchrec_fusion.training.run_folder import hold_run_folder
 from torchrec_fusion.training.session import Started, restore, resume_path, start
@@ -37,15 +39,15 @@ def _log_for(config: TrainConfig, is_main: bool) -> Log:
     return log if (is_main and config.verbose) else quiet
 
 
-def _describe_start(started: Started, config: TrainConfig, log: Log) -> None:
+def _describe_start(started: Started, config: TrainConfig, log: Log, reason: str) -> None:
     prepared = started.prepared
     train, evald = prepared.train, prepared.eval
     log(f"data: {prepared.info.get('dataset')} train={len(train)} {prepared.eval_split}={len(evald)} "
         f"features={train.feature_names} tasks={train.task_names}")
-    if (config.precision == "bf16" and started.ctx.device.type == "cpu"
-            and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    log(f"precision: {config.precision} ({reason})")
+    if config.precision == "bf16" and started.ctx.device.type == "cpu" and not native_bf16():
         log("warning: precision bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX): its matrix products "
-            "are emulated and slower than fp32 here; use --precision fp32")
+            "are emulated and slower than fp32 here; use --precision fp32 (or auto)")
     threads = torch.get_num_threads()
     log(f"threads: {threads} per rank" + (" (--threads)" if config.threads else
         f" ({cpu_cores()} core(s) / {started.ctx.local_world_size} local rank(s); --threads N to change)"))
@@ -60,8 +62,13 @@ def _plan_text(started: Started, config: TrainConfig) -> str:
     features = sorted(data.feature_names, key=len, reverse=True)  # table names end in t_<feature>
     owner = {t: next((f for f in features if t.endswith("t_" + f)), None) for p in plan.plan.values() for t in p}
     shapes = {t: (data.num_embeddings[f], config.embedding_dim) for t, f in owner.items() if f is not None}
-    return summarize_plan(plan, started.ctx.world_size, shapes, config.embedding_optimizer,
-                          config.batch_size) + "\n  (train --verbose prints every table)"
+    text = summarize_plan(plan, started.ctx.world_size, shapes, config.embedding_optimizer, config.batch_size)
+    replicated = sum(ps.sharding_type == "data_parallel" and t not in (config.constraints or {})
+                     for p in plan.plan.values() for t, ps in p.items())
+    if replicated and config.sharding_type is None:
+        text += (f"\n  {replicated} table(s) of at most {REPLICATE_TABLE_BYTES / 2**20:g} MiB replicated unasked "
+                 "(no all-to-all for them); --sharding-type or constraints choose otherwise")
+    return text + "\n  (train --verbose prints every table)"
 
 
 def _initial_state(started: Started, config: TrainConfig, log: Log) -> TrainState:
@@ -107,15 +114,19 @@ def _write_outputs(config: TrainConfig, started: Started, loop: TrainLoop, resul
     """Rank 0 writes OUT/metrics.json, the report and (asked) the scores file."""
     out = config.output_dir
     assert out is not None
-    path = os.path.join(out, "metrics.json")
+    path, written = os.path.join(out, "metrics.json"), result.to_dict()
+    if result.checkpoint:  # the model explained: feature importance and expert reliance over a few hundred rows
+        from torchrec_fusion.explain.run import run_importance
+
+        written["explain"] = run_importance(config, started.prepared, result.checkpoint)
     with open(path + ".tmp", "w") as f:
-        json.dump(result.to_dict(), f, indent=2)
+        json.dump(written, f, indent=2)
     os.replace(path + ".tmp", path)
     log(f"samples/s={result.samples_per_second:.0f}; wrote {path}")
     if config.report:
         from torchrec_fusion.evaluation.report import write_report
 
-        log(f"report: {write_report(result.to_dict(), out)}")
+        log(f"report: {write_report(written, out)}")
     if config.save_scores:
         evald, preds, labels = started.prepared.eval, loop.predictions, loop.labels
         extras = getattr(evald, "extras", {})
@@ -129,9 +140,11 @@ def _write_outputs(config: TrainConfig, started: Started, loop: TrainLoop, resul
 def run(config: TrainConfig) -> RunResult:
     """One rank's whole run. Rank 0 writes OUT/config.yaml (the resolved config), OUT/metrics.json
     and OUT/report.md; every rank writes its shards of the checkpoints."""
+    precision, reason = resolve_precision(config.precision, device_type(config.device))
+    config = dataclasses.replace(config, precision=precision)  # saved as run, in OUT/config.yaml
     started = start(config)
     log = _log_for(config, started.ctx.is_main)
-    _describe_start(started, config, log)
+    _describe_start(started, config, log, reason)
     if started.ctx.is_main and config.output_dir:  # once the run has started cleanly
         os.makedirs(config.output_dir, exist_ok=True)
         # overwrite acts once, on the folder: the saved config repeats the run, never a deletion

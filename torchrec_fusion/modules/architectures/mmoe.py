@@ -36,7 +36,7 @@ class MMoEArch(MultiTaskArch):
         """MMoE's options (``arch_options``)."""
 
         num_experts: int = field(default=4, metadata={"help": "shared experts"})
-        expert_layer_sizes: List[int] = field(default_factory=lambda: [128, 64],
+        expert_layer_sizes: List[int] = field(default_factory=lambda: [64],
                                               metadata={"help": "hidden sizes of each expert"})
 
     def __init__(
@@ -44,7 +44,7 @@ class MMoEArch(MultiTaskArch):
         in_features: int,
         task_names: Sequence[str],
         num_experts: int = Options.num_experts,
-        expert_layer_sizes: Sequence[int] = (128, 64),
+        expert_layer_sizes: Sequence[int] = (64,),
         dropout: float = 0.0,
     ) -> None:
         super().__init__(in_features, task_names)
