@@ -39,12 +39,16 @@ MATCHED = {"num_experts": 4, "expert_layer_sizes": [8], "tower_layer_sizes": [8]
 
 
 def train_config(w: Workload, device: Optional[str], fusion: str = "none", **overrides: Any) -> Any:
-    """The trainer's defaults (MMoE, 4 experts [128, 64], dense arch [64], towers [32], dropout 0.5,
-    no dot interactions, row-wise Adagrad 0.05, Adam 1e-3) at this workload's dim and batch."""
+    """The model this comparison has always measured, pinned here since the CLI defaults moved (#15):
+    MMoE, 4 experts [128, 64], dense arch [64], towers [32], dropout 0.5, no dot interactions, row-wise
+    Adagrad 0.05, Adam 1e-3, fp32 (as the peers), at this workload's dim and batch."""
     from torchrec_fusion.training.config import TrainConfig
 
+    pinned = {"expert_layer_sizes": [128, 64], "dense_arch_layer_sizes": [64], "tower_layer_sizes": [32],
+              "embedding_lr": 0.05, "dense_lr": 1e-3, "precision": "fp32", "history_length": 64}
     return TrainConfig.make(arch="mmoe", embedding_dim=w.dim, batch_size=w.batch_size, fusion=fusion, device=device,
-                            progress=False, verbose=False, report=False, save_model=False, **overrides)
+                            progress=False, verbose=False, report=False, save_model=False,
+                            **{**pinned, **overrides})
 
 
 def schema_data(w: Workload) -> Any:
