@@ -153,3 +153,16 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path) -> 
     root = str(tmp_path / "checkpoints")
     assert [os.path.basename(p) for p in list_checkpoints(root)] == ["step_000000005"]
     assert evaluate_run(str(tmp_path))["step"] == 5  # loads, and verifies
+
+
+def test_resume_at_other_world_sizes_counts_epochs_not_steps(tmp_path) -> None:
+    """The per-rank batch kept, a world size change changes the steps per epoch: each resume trains
+    the epochs left (2 ranks: 6 steps an epoch, 1 rank: 12), never a step count of another world size."""
+    base = dict(dataset="synthetic", synthetic_rows=4000, batch_size=256, progress=False, verbose=False,
+                report=False, output_dir=str(tmp_path))
+    assert train(TrainConfig.make(**base, world_size=2, epochs=1)).steps == 6
+    assert train(TrainConfig.make(**base, world_size=1, epochs=2, resume="auto")).steps == 18
+    third = train(TrainConfig.make(**base, world_size=2, epochs=3, resume="auto"))
+    assert third.steps == 24 and [h["epoch"] for h in third.to_dict()["history"]] == [1, 2, 3]
+    again = train(TrainConfig.make(**base, world_size=2, epochs=3, resume="auto"))  # nothing left: same model
+    assert again.steps == 24

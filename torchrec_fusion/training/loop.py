@@ -70,7 +70,10 @@ class TrainLoop:
             raise ValueError(f"{len(self.train_data)} training rows make no batch of {config.batch_size} x "
                              f"{self.ctx.world_size} ranks: pass a smaller --batch-size (per rank; the default, "
                              "4096, suits tens of thousands of rows and more)")
-        self.total_steps = self.steps_per_epoch * config.epochs
+        # the steps left, from where the state stands: a run resumed at another world size (other steps per
+        # epoch) trains its remaining epochs, not a step count computed with today's steps per epoch
+        into = min(state.batch_in_epoch, self.steps_per_epoch)
+        self.total_steps = state.step + max(0, (config.epochs - state.epoch) * self.steps_per_epoch - into)
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.ckpt_root = os.path.join(config.output_dir, "checkpoints") if config.output_dir else None
@@ -109,12 +112,11 @@ class TrainLoop:
             self._keep_best()
         if (self.state.evaluated_at != self.state.step or not self.eval_samples  # mid-epoch stop, resumed at the end
                 or (self.want_predictions and not self.predictions)):  # or stopped early: the last one streamed
-            self.evaluate_now(self.state.step / self.steps_per_epoch, predictions=self.want_predictions)
+            position = self.state.epoch + min(self.state.batch_in_epoch, self.steps_per_epoch) / self.steps_per_epoch
+            self.evaluate_now(position, predictions=self.want_predictions)
         if self.ckpt_root and self.config.save_model and not os.path.isdir(
                 os.path.join(self.ckpt_root, step_name(self.state.step))):
-            if not partial:
-                self.state.epoch, self.state.batch_in_epoch = divmod(self.state.step, self.steps_per_epoch)
-            self.save()
+            self.save()  # the state stands where the run stopped: after its last epoch, or inside one
         if partial:  # the partial epoch's losses count in the result
             self.state.finish_epoch()
 
@@ -150,7 +152,6 @@ class TrainLoop:
             return
         path = os.path.join(self.ckpt_root, step_name(self.state.step))
         if not os.path.isdir(path):
-            self.state.epoch, self.state.batch_in_epoch = divmod(self.state.step, self.steps_per_epoch)
             self.save()
         self.log(f"best {self.eval_split} {m} so far: {mark_best(self.ckpt_root, path)}")
 
@@ -166,7 +167,7 @@ class TrainLoop:
         """One epoch from the state's position: True when it ended (and was evaluated), False when it
         stopped inside (max_steps), None when no step was left to run."""
         state, config = self.state, self.config
-        start = state.batch_in_epoch if epoch == state.epoch else 0
+        start = min(state.batch_in_epoch, self.steps_per_epoch) if epoch == state.epoch else 0
         n = min(self.steps_per_epoch - start, self.total_steps - state.step)
         if n <= 0 and start < self.steps_per_epoch:  # start == steps: saved at its last step, not yet evaluated
             return None
@@ -184,9 +185,9 @@ class TrainLoop:
         if start + n < self.steps_per_epoch:  # stopped inside the epoch (max_steps): saved as a partial epoch
             state.batch_in_epoch = start + n
             return False
-        train_loss = sum(state.epoch_losses) / len(state.epoch_losses)
+        train_loss = sum(state.epoch_losses) / len(state.epoch_losses) if state.epoch_losses else float("nan")
         state.finish_epoch()
-        state.batch_in_epoch = 0
+        state.epoch, state.batch_in_epoch = epoch + 1, 0  # where a checkpoint saved now resumes
         entry = self.evaluate_now(epoch + 1, predictions=self.want_predictions and state.step >= self.total_steps)
         entry.train_loss = train_loss
         self._log_epoch(entry)
