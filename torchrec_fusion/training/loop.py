@@ -242,8 +242,13 @@ class TrainLoop:
     def _progress_bar(self, epoch: int, start: int) -> Any:
         if not (self.ctx.is_main and self.config.progress):
             return None
+        import threading
+
         from tqdm import tqdm
 
+        # a thread lock, not tqdm's default multiprocessing one: a rank leaves by os._exit, and the
+        # semaphore behind that lock would be reported as leaked when the program ends
+        tqdm.set_lock(threading.RLock())
         return tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                     unit="batch", leave=False, dynamic_ncols=True)
 
