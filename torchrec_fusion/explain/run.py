@@ -53,7 +53,9 @@ def load_explainer(run_dir: Optional[str] = None, export: Optional[str] = None, 
     exported to ``export``, with the data its config names (``data_dir`` overrides the folder)."""
     from torchrec_fusion.serving.export import load_exported
     from torchrec_fusion.training.inference import load_run
+    from torchrec_fusion.training.session import quiet_third_party_logs
 
+    quiet_third_party_logs()  # as every command that starts a model: TorchRec's tracing chatter off
     if (run_dir is None) == (export is None):
         raise ValueError("explain either a run (--run OUT) or an exported model (--export DIR)")
     if export is not None:

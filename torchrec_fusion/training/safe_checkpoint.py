@@ -195,7 +195,9 @@ def load_state(state: Dict[str, Any], folder: str, no_dist: bool = False) -> Non
     """``dcp_load(state)`` from checkpoint ``folder`` (in place, resharding as needed) through
     :class:`SafeReader` and :class:`SafePlanner`; any failure is a :class:`CheckpointError`."""
     try:
-        dcp_load(state, storage_reader=SafeReader(folder), planner=SafePlanner(folder), no_dist=no_dist)
+        with warnings.catch_warnings():  # no_dist is asked for: DCP's "assuming ... a single process" says so again
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp_load(state, storage_reader=SafeReader(folder), planner=SafePlanner(folder), no_dist=no_dist)
     except CheckpointException as e:
         for error, _ in e.failures.values():  # our own refusal, as it was raised
             if isinstance(error, CheckpointError):
