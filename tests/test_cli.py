@@ -27,6 +27,14 @@ def test_train_synthetic_two_ranks_writes_metrics(tmp_path: Path, capfd) -> None
     assert set(m["tasks"]["ctr"]) >= {"auc", "logloss"} and "rmse" in m["tasks"]["watch_time"]
     assert m["tasks"]["ctr"]["count"] == 4000 and m["tasks"]["cvr"]["count"] < 4000  # cvr only where clicked
     assert m["tasks"]["ctr"]["auc"] > 0.7  # the planted structure is learned
+    assert set(m["explain"]["scores"]) >= {"ctr", "cvr"}  # the model explained (--no-explain: not)
+
+
+def test_no_explain_leaves_the_explanation_out(tmp_path: Path) -> None:
+    assert main(["train", "--dataset", "synthetic", "--synthetic-rows", "2000", "--batch-size", "256", "--epochs", "1",
+                 "--output-dir", str(tmp_path), "--quiet", "--no-report", "--no-explain"]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert "explain" not in m and m["config"]["explain"] is False
 
 
 @needs_ml100k

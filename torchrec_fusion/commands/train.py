@@ -95,6 +95,9 @@ HELP = {
     "max_steps": "stop after this many global steps, counted across resumes (default: no limit)",
     "save_model": "save the final model to OUT/checkpoints (needed by evaluate, recommend, export)",
     "report": "write OUT/report.md with PNG plots",
+    "explain": "add the model's explanation to OUT/metrics.json (\"explain\") and the report: mean |integrated "
+               "gradients| per feature and task and mean gate weight per expert, over 256 evaluated rows (about "
+               "1-2 s after training)",
     "ensemble": "train several complete models (architecture names, or dlrm for TorchRec's DLRM), each with its "
                 "own tables, under one DMP; combine with --fusion (default: one model, --arch)",
     "plugins": "modules to import first (on every rank): they register their own architectures, balancers, "

@@ -167,6 +167,7 @@ class TrainConfig:
     full_plan: bool = False  # print every table of the sharding plan (train --verbose), not a summary
     keep_predictions: bool = False  # return eval predictions from run() (tests)
     report: bool = True  # OUT/report.md with PNG plots of the run
+    explain: bool = True  # metrics.json "explain": feature importance and expert reliance (explain/importance.py)
     # modules imported (on every rank) before the config is resolved: they register their components
     plugins: List[str] = field(default_factory=list)
 

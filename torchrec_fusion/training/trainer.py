@@ -115,7 +115,7 @@ def _write_outputs(config: TrainConfig, started: Started, loop: TrainLoop, resul
     out = config.output_dir
     assert out is not None
     path, written = os.path.join(out, "metrics.json"), result.to_dict()
-    if result.checkpoint:  # the model explained: feature importance and expert reliance over a few hundred rows
+    if result.checkpoint and config.explain:  # the model explained: feature importance and expert reliance
         from torchrec_fusion.explain.run import run_importance
 
         written["explain"] = run_importance(config, started.prepared, result.checkpoint)
