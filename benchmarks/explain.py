@@ -20,6 +20,7 @@ from typing import Any, Dict, List
 import torch
 
 from torchrec_fusion.explain.run import explain_pairs, load_explainer
+from torchrec_fusion.outputs import write_json
 from torchrec_fusion.training.checkpoint import latest_checkpoint
 
 TARGET_SECONDS = 1.0
@@ -84,9 +85,7 @@ def main() -> None:
     result = measure(args.run, args.pairs)
     print(json.dumps(result, indent=1))
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, result, indent=1)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import torch
 from torchrec_fusion.evaluation.catalogue import catalogue_task, relevant_rows
 from torchrec_fusion.evaluation.metrics import task_metrics
 from torchrec_fusion.evaluation.ranking import ndcg
+from torchrec_fusion.outputs import write_json
 from torchrec_fusion.serving import export_run, load_exported
 from torchrec_fusion.serving.inference_module import InferenceModule, script_inference
 from torchrec_fusion.training.inference import load_run
@@ -145,9 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results["synthetic"] = measure_run(args.synthetic_run, os.path.join(out, "synthetic"), args.repeats,
                                            rank=False)
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, results, indent=1)
     return 0
 
 

@@ -22,6 +22,8 @@ from typing import Any, Dict, List
 
 import httpx
 
+from torchrec_fusion.outputs import write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -126,9 +128,7 @@ def main() -> int:
         print(f"{'on' if r['batching'] else 'off':>8} {r['concurrency']:>4} {r['rps']:>8.0f} {r['p50_ms']:>7.2f} "
               f"{r['p99_ms']:>7.2f} {r['rows_per_forward']:>8.1f}")
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, results, indent=1)
     return 0
 
 

@@ -1,13 +1,13 @@
 """``torchrec-fusion evaluate``: metrics of a run's checkpoint on a split or a file."""
 
 import argparse
-import json
 import os
 import re
 from typing import Any, Dict, Optional
 
 from torchrec_fusion.commands.base import Command
 from torchrec_fusion.commands.runs import run_arguments
+from torchrec_fusion.outputs import write_json
 
 
 class Evaluate(Command):
@@ -37,9 +37,7 @@ class Evaluate(Command):
         stem = re.sub(r"[^\w-]+", "_", os.path.basename(args.data.rstrip("/")).split(".")[0]) if args.data else ""
         name = f"file_{stem}" if args.data else res["split"]
         path = args.output or os.path.join(args.run, f"evaluation_{name}.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(res, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json(path, res)
         print(f"{res.get('data', res['split'])} ({res['rows']} rows, checkpoint {res['checkpoint']}, step "
               f"{res['step']}, world size {res['world_size']}):")
         for name, m in res["tasks"].items():

@@ -1,11 +1,10 @@
 """``torchrec-fusion explain``: why a run scores an item as it does for a user."""
 
 import argparse
-import json
-import os
 from typing import Any, Dict, List, Optional
 
 from torchrec_fusion.commands.base import Command
+from torchrec_fusion.outputs import write_json
 
 TOP_FEATURES, TOP_HISTORY = 5, 3
 
@@ -72,9 +71,7 @@ class Explain(Command):
         explainer = load_explainer(args.run, args.export, args.checkpoint, args.allow_plugins, args.data_dir)
         explained = explain_pairs(explainer, [args.user] * len(args.item), args.item)
         if args.output:
-            with open(args.output + ".tmp", "w") as f:
-                json.dump(explained, f, indent=1)
-            os.replace(args.output + ".tmp", args.output)
+            write_json(args.output, explained, indent=1)
             print(f"wrote {len(explained)} explanation(s) to {args.output}")
             return 0
         for e in explained:

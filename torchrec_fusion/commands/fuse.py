@@ -1,10 +1,10 @@
 """``torchrec-fusion fuse``: fuse the score files of separate runs."""
 
 import argparse
-import json
 import os
 
 from torchrec_fusion.commands.base import Command
+from torchrec_fusion.outputs import write_json
 
 OUTPUTS = ("fused.csv", "metrics.json")
 
@@ -57,9 +57,7 @@ class Fuse(Command):
                    "weights": args.weights, "options": options or {}, "rows": len(keys),
                    "lists": len(set(keys[:, 0].tolist())), "fused": report["fused"],
                    "scores": {k: v for k, v in report.items() if k != "fused"}}
-        with open(path + ".tmp", "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json(path, summary)
         for name, m in report.items():
             print(f"{name:24s} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
         return 0

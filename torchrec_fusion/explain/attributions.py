@@ -18,6 +18,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_fusion.fusion.head import FusionHead
+from torchrec_fusion.modules.features import join_features
 from torchrec_fusion.modules.model import MultiTaskModel, MultiTaskTrain, to_predictions
 
 FUSED = "fused"
@@ -43,20 +44,13 @@ def feature_vector(model: MultiTaskModel, dense: torch.Tensor, pooled: torch.Ten
     """The feature vector :class:`~torchrec_fusion.modules.features.FeatureArch` makes, from the pooled
     embeddings ``[B, F, D]`` instead of the ids."""
     arch = model.feature_arch
-    d = arch.dense_arch(dense)
-    parts = [d, pooled.flatten(1)]
-    if arch.interaction_arch is not None:
-        parts.append(arch.interaction_arch(d, pooled)[:, d.size(1):])
-    return torch.cat(parts, dim=1)
+    return join_features(arch.dense_arch(dense), pooled, arch.interaction_arch)
 
 
 def fused_logit(head: FusionHead, preds: Dict[str, torch.Tensor], context: torch.Tensor) -> torch.Tensor:
     """``head(preds, context)`` with its inputs left attached (the head detaches them so that training the
     fusion never moves the task heads): the same value, differentiable in the predictions and the context."""
-    fused: torch.Tensor = head.fusion({t: preds[t].float() for t in head.task_names}, context)
-    if head.anchor is not None:
-        p = preds[head.anchor].float().clamp(1e-6, 1 - 1e-6)
-        fused = fused + (p.log() - (-p).log1p())
+    fused: torch.Tensor = head(preds, context, detach_inputs=False)
     return fused
 
 

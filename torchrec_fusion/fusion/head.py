@@ -70,11 +70,16 @@ class FusionHead(nn.Module):
         fixed = values.get("weights") is not None
         self.anchor = anchor if anchor is not None and not fixed and self.fusion.start_at_zero() else None
 
-    def forward(self, preds: Dict[str, torch.Tensor], context: torch.Tensor) -> torch.Tensor:
-        """The fused logit ``[B]`` (its sigmoid is the fused probability)."""
-        fused: torch.Tensor = self.fusion({t: preds[t].detach().float() for t in self.task_names}, context.detach())
+    def forward(self, preds: Dict[str, torch.Tensor], context: torch.Tensor, detach_inputs: bool = True
+                ) -> torch.Tensor:
+        """The fused logit ``[B]`` (its sigmoid is the fused probability). Its inputs are detached, so that
+        training the fusion never moves the task heads; ``detach_inputs=False`` keeps them attached (the
+        same value, differentiable in the predictions and the context: explanations need that)."""
+        if detach_inputs:
+            preds, context = {t: p.detach() for t, p in preds.items()}, context.detach()
+        fused: torch.Tensor = self.fusion({t: preds[t].float() for t in self.task_names}, context)
         if self.anchor is not None:
-            p = preds[self.anchor].detach().float().clamp(1e-6, 1 - 1e-6)
+            p = preds[self.anchor].float().clamp(1e-6, 1 - 1e-6)
             fused = fused + (p.log() - (-p).log1p())
         return fused
 

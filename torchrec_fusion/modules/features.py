@@ -1,12 +1,30 @@
 """Feature arch: pooled embeddings and dense features into one vector per sample."""
 
-from typing import Dict, List, Sequence, Tuple, cast
+from typing import Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
 from torchrec.models.dlrm import DenseArch, InteractionArch, SparseArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+
+def join_features(dense: torch.Tensor, pooled: torch.Tensor, interaction_arch: Optional[nn.Module] = None
+                  ) -> torch.Tensor:
+    """The feature vector of :class:`FeatureArch` from the dense projection ``[B, d]`` and the pooled
+    embeddings ``[B, F, D]`` in ``feature_names`` order: both, and with an ``InteractionArch``, their
+    pairwise dot products. Everything that starts after the lookup (the explanations, the traced
+    serving module) joins them here, so it cannot drift from the model.
+
+    Example::
+
+        out = join_features(torch.ones(2, 3), torch.ones(2, 4, 3), InteractionArch(4))
+        assert out.shape == (2, 3 + 4 * 3 + 5 * 4 // 2)
+    """
+    parts = [dense, pooled.flatten(1)]
+    if interaction_arch is not None:
+        parts.append(interaction_arch(dense, pooled)[:, dense.size(1):])
+    return torch.cat(parts, dim=1)
 
 
 class FeatureArch(nn.Module):
@@ -86,5 +104,4 @@ class FeatureArch(nn.Module):
         if self.embedding_l2 and self.training:
             self.penalty = self.embedding_l2 * sparse.pow(2).sum(dim=(1, 2)).mean()
         pooled = {name: sparse[:, i] for i, name in enumerate(self.feature_names)}
-        out = torch.cat([dense, sparse.flatten(1), self.interaction_arch(dense, sparse)[:, dense.size(1):]], dim=1)
-        return out, pooled
+        return join_features(dense, sparse, self.interaction_arch), pooled

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from torchrec_fusion.modules.model import MultiTaskTrain
+from torchrec_fusion.outputs import write_json
 from torchrec_fusion.serving.quantize import (
     QUANT_DTYPES,
     load_plain_state,
@@ -78,12 +79,6 @@ class DataSchema:
         return cls(**{**d, "tasks": [TaskSpec(**t) for t in d["tasks"]]})
 
 
-def _write_json(path: str, payload: Dict[str, Any]) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def _rank_export(config: TrainConfig, checkpoint: str, out_dir: str, quantize: Optional[str] = None,
                  table_dtypes: Optional[Dict[str, str]] = None) -> str:
     verify_checkpoint(checkpoint)
@@ -100,8 +95,8 @@ def _rank_export(config: TrainConfig, checkpoint: str, out_dir: str, quantize: O
     torch.save(plain_state_dict(model), os.path.join(out_dir, "model.pt.tmp"))
     os.replace(os.path.join(out_dir, "model.pt.tmp"), os.path.join(out_dir, "model.pt"))
     config.save(os.path.join(out_dir, "config.yaml"))
-    _write_json(os.path.join(out_dir, "schema.json"), {**schema.to_dict(), "checkpoint": os.path.abspath(checkpoint),
-                                                       "quantization": quantize, "tables": tables})
+    write_json(os.path.join(out_dir, "schema.json"), {**schema.to_dict(), "checkpoint": os.path.abspath(checkpoint),
+                                                      "quantization": quantize, "tables": tables}, indent=1)
     return out_dir
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from torchrec.models.dlrm import SparseArch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from torchrec_fusion.modules.features import join_features
 from torchrec_fusion.modules.model import PRECISIONS, RETRIEVAL, MultiTaskModel, MultiTaskTrain, to_predictions
 from torchrec_fusion.tasks import TaskSpec
 
@@ -93,11 +94,7 @@ class _DensePart(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> Dict[str, torch.Tensor]:
         with torch.autocast("cpu", dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
-            d = self.dense_arch(dense)
-            parts = [d, sparse.flatten(1)]
-            if self.interaction_arch is not None:
-                parts.append(self.interaction_arch(d, sparse)[:, d.size(1):])
-            features = torch.cat(parts, dim=1)
+            features = join_features(self.dense_arch(dense), sparse, self.interaction_arch)
             outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features)))
         outputs = {k: v.float() for k, v in outputs.items()}
         return _scores(self.tasks, outputs, features.float(), None, self.fusion)

@@ -4,7 +4,6 @@ rank the catalogue, write the results. The steps live in their own modules: ``se
 
 import contextlib
 import dataclasses
-import json
 import os
 from typing import Callable, Optional
 
@@ -14,6 +13,7 @@ from torchrec_fusion.distributed.launcher import cpu_cores, launch, under_torchr
 from torchrec_fusion.distributed.replication import REPLICATE_TABLE_BYTES
 from torchrec_fusion.distributed.sharding import describe_plan, seed_embedding_tables, summarize_plan
 from torchrec_fusion.fusion.files import write_scores
+from torchrec_fusion.outputs import write_json
 from torchrec_fusion.training.checkpoint import latest_checkpoint
 from torchrec_fusion.training.config import TrainConfig
 from torchrec_fusion.training.early_stopping import StopMetric
@@ -119,9 +119,7 @@ def _write_outputs(config: TrainConfig, started: Started, loop: TrainLoop, resul
         from torchrec_fusion.explain.run import run_importance
 
         written["explain"] = run_importance(config, started.prepared, result.checkpoint)
-    with open(path + ".tmp", "w") as f:
-        json.dump(written, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(path, written)
     log(f"samples/s={result.samples_per_second:.0f}; wrote {path}")
     if config.report:
         from torchrec_fusion.evaluation.report import write_report
