@@ -10,31 +10,17 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from torchrec_fusion.data.types import BatchSource
 from torchrec_fusion.explain.attributions import DEFAULT_STEPS
 from torchrec_fusion.explain.explanation import Vocabulary, explain_rows
 from torchrec_fusion.explain.importance import SAMPLE_ROWS, global_importance
 from torchrec_fusion.modules.model import MultiTaskTrain
-from torchrec_fusion.training.checkpoint import verify_checkpoint
 from torchrec_fusion.training.config import TrainConfig, read_config_file
-from torchrec_fusion.training.factory import build_train_model
+from torchrec_fusion.training.inference import gathered_model
 from torchrec_fusion.training.prepare import PreparedData, prepare_data
-from torchrec_fusion.training.safe_checkpoint import load_state
 
 logger = logging.getLogger(__name__)
 ITEM_BAGS, USER_BAGS, HISTORY_BAGS = ("item", "user_history", "user_liked"), ("user", "item_audience"), \
     ("user_liked", "user_history")
-
-
-def gathered_model(config: TrainConfig, schema: BatchSource, checkpoint: str) -> MultiTaskTrain:
-    """The model of ``checkpoint`` in this process, every shard of every table gathered into whole
-    tensors on the CPU (as ``export`` does), in eval mode: the same weights at any world size."""
-    verify_checkpoint(checkpoint)
-    model = build_train_model(config, schema, device="cpu")
-    state = {"model": model.state_dict()}
-    load_state(state, checkpoint, no_dist=True)  # the safe reader: tensors and plain values only
-    model.load_state_dict(state["model"])
-    return model.eval()
 
 
 @dataclasses.dataclass
@@ -162,4 +148,4 @@ def run_importance(config: TrainConfig, prepared: PreparedData, checkpoint: str,
     return {"checkpoint": checkpoint, "split": split, **result}
 
 
-__all__ = ["Explainer", "explain_pairs", "gathered_model", "load_explainer", "run_importance", "vocabulary"]
+__all__ = ["Explainer", "explain_pairs", "load_explainer", "run_importance", "vocabulary"]

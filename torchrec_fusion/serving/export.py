@@ -39,12 +39,10 @@ from torchrec_fusion.serving.quantize import (
     table_bytes,
 )
 from torchrec_fusion.tasks import TaskSpec
-from torchrec_fusion.training.checkpoint import verify_checkpoint
 from torchrec_fusion.training.config import TrainConfig, read_config_file
 from torchrec_fusion.training.factory import ModelSchema, build_train_model
-from torchrec_fusion.training.inference import load_run
+from torchrec_fusion.training.inference import gathered_model, load_run
 from torchrec_fusion.training.prepare import prepare_data
-from torchrec_fusion.training.safe_checkpoint import load_state
 
 
 @dataclass
@@ -81,13 +79,8 @@ class DataSchema:
 
 def _rank_export(config: TrainConfig, checkpoint: str, out_dir: str, quantize: Optional[str] = None,
                  table_dtypes: Optional[Dict[str, str]] = None) -> str:
-    verify_checkpoint(checkpoint)
     schema = DataSchema.of(prepare_data(config).train)
-    model = build_train_model(config, schema, device="cpu")
-    state = {"model": model.state_dict()}
-    load_state(state, checkpoint, no_dist=True)  # every shard, gathered into whole tensors (safe reader)
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = gathered_model(config, schema, checkpoint)  # every shard, gathered into whole tensors (safe reader)
     fp32 = table_bytes(model)
     dtypes = quantize_tables(model, quantize, table_dtypes) if quantize else dict.fromkeys(fp32, "fp32")
     tables = {t: {"dtype": dtypes[t], "bytes": b, "fp32_bytes": fp32[t]} for t, b in table_bytes(model).items()}

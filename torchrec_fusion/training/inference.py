@@ -17,11 +17,12 @@ from torchrec_fusion.distributed.sharding import describe_plan
 from torchrec_fusion.evaluation.gates import GateStats
 from torchrec_fusion.evaluation.metrics import task_metrics
 from torchrec_fusion.evaluation.retrieval import ItemIndex, top_k
-from torchrec_fusion.modules.model import FUSED_TASK, RETRIEVAL
+from torchrec_fusion.modules.model import FUSED_TASK, RETRIEVAL, MultiTaskTrain
 from torchrec_fusion.tasks import TaskKind
-from torchrec_fusion.training.checkpoint import best_checkpoint, latest_checkpoint
+from torchrec_fusion.training.checkpoint import best_checkpoint, latest_checkpoint, verify_checkpoint
 from torchrec_fusion.training.config import TrainConfig, read_config_file
 from torchrec_fusion.training.evaluate import FUSED_RANKING, derived_scores, evaluate, evaluate_metrics
+from torchrec_fusion.training.factory import ModelSchema, build_train_model
 from torchrec_fusion.training.item_vectors import (
     catalogue_items,
     has_retrieval,
@@ -30,7 +31,7 @@ from torchrec_fusion.training.item_vectors import (
     row_vectors,
 )
 from torchrec_fusion.training.prepare import PreparedData, read_file
-from torchrec_fusion.training.safe_checkpoint import CheckpointError
+from torchrec_fusion.training.safe_checkpoint import CheckpointError, load_state
 from torchrec_fusion.training.session import Session, Started, start_from_checkpoint
 
 FULL_SCORING_MAX = 20_000  # catalogues up to this size are scored whole by default
@@ -63,6 +64,18 @@ def load_run(run_dir: str, checkpoint: Optional[str] = None, **overrides: Any) -
     if ckpt is None:
         raise CheckpointError(f"{run_dir} has no checkpoint (was it trained with --no-save-model?)")
     return config, ckpt
+
+
+def gathered_model(config: TrainConfig, schema: ModelSchema, checkpoint: str) -> MultiTaskTrain:
+    """The model of ``checkpoint`` in this process, every shard of every table gathered into whole
+    tensors on the CPU, in eval mode: the same weights at any world size (``export`` and the
+    explanations start here)."""
+    verify_checkpoint(checkpoint)
+    model = build_train_model(config, schema, device="cpu")
+    state = {"model": model.state_dict()}
+    load_state(state, checkpoint, no_dist=True)  # the safe reader: tensors and plain values only
+    model.load_state_dict(state["model"])
+    return model.eval()
 
 
 def _evaluate_rank(config: TrainConfig, checkpoint: str, split: Optional[str], data: Optional[str] = None
