@@ -186,6 +186,7 @@ def ours_rank(job: Job) -> Dict[str, Any]:
 
     from torchrec_fusion.distributed.launcher import init_distributed
     from torchrec_fusion.distributed.sharding import describe_plan, seed_embedding_tables
+    from torchrec_fusion.training.allocator import retain_freed_memory
     from torchrec_fusion.training.config import TrainConfig
     from torchrec_fusion.training.evaluate import evaluate
     from torchrec_fusion.training.session import build_session, quiet_third_party_logs, set_threads
@@ -193,6 +194,7 @@ def ours_rank(job: Job) -> Dict[str, Any]:
     quiet_third_party_logs()
     ctx = init_distributed("cpu")
     threads = set_threads(job.threads, ctx)
+    retain_freed_memory()  # as the trainer does
     torch.manual_seed(0)
     config = TrainConfig.make(batch_size=job.batch_size, device="cpu", progress=False, verbose=False,
                               report=False, save_model=False)
@@ -266,7 +268,10 @@ def plain_batches(t: Table, batch_size: int, n: int, seed: int = 0) -> List[Tupl
 
 def plain_process(job: Job, sweep: List[int], threads: int) -> Dict[str, Any]:
     """Plain PyTorch in this (fresh) process: timed, scored, and its step rate at other batch sizes."""
+    from torchrec_fusion.training.allocator import retain_freed_memory
+
     torch.set_num_threads(threads)
+    retain_freed_memory()  # the same allocator settings as ours (measured: no change to plain's speed)
     torch.manual_seed(0)
     model = PlainMMoE(job.train.cardinalities)
     opt = torch.optim.Adam(model.parameters(), lr=0.0045, fused=True)

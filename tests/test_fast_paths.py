@@ -66,3 +66,61 @@ def test_task_losses_per_kind_equal_each_task_loss(weighted: bool) -> None:
     for j, t in enumerate(TASKS):
         want = task_loss(t, outputs[t.name], labels[:, j], masks[:, j], None if weights is None else weights[:, j])
         torch.testing.assert_close(got[t.name], want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_dropout_mask_in_the_input_dtype(dtype) -> None:
+    """The fused ReLU + dropout keeps its mask in ``x``'s dtype: its output and gradient are
+    ``relu(x) * kept * (1 / (1 - p))`` in that dtype (the scale not rounded to it), the kept share is
+    ``1 - p`` of the active units."""
+    from torchrec_fusion.modules.architectures.base import ReluDropout
+
+    torch.manual_seed(0)
+    x = torch.randn(2000, 64).to(dtype).requires_grad_()
+    y = ReluDropout(0.25)(x)
+    y.backward(torch.ones_like(y))
+    kept = y != 0
+    assert y.dtype == dtype and x.grad.dtype == dtype
+    assert torch.equal(y[kept], x[kept] * (1 / 0.75)) and bool((x[kept] > 0).all())
+    assert torch.equal(x.grad, kept.to(dtype) * (1 / 0.75))
+    assert abs(float(kept.sum()) / float((x > 0).sum()) - 0.75) < 0.02
+
+
+def _feature_arch(names):
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    from torchrec_fusion.modules.features import FeatureArch
+
+    torch.manual_seed(0)
+    ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name=f"t_{n}", embedding_dim=4, num_embeddings=10,
+                                                            feature_names=[n]) for n in names])
+    return FeatureArch(ebc, dense_in_features=3, interaction=False)
+
+
+def test_feature_vector_by_key_in_any_column_order_and_cast_once() -> None:
+    """The feature vector is the dense projection then each feature's pooled embedding by name,
+    whatever the order of the (sharded) KeyedTensor's columns; with a dtype it comes in that dtype."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+    arch = _feature_arch(["a", "b", "c"])
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["a", "b", "c"], values=torch.tensor([1, 2, 3, 4, 5, 6]),
+                                              lengths=torch.ones(6, dtype=torch.long))
+    dense = torch.rand(2, 3)
+    out, pooled = arch.forward_pooled(dense, kjt)
+    want = torch.cat([arch.dense_arch(dense)] + [pooled[n] for n in "abc"], 1)
+    torch.testing.assert_close(out, want)
+    shuffled = KeyedTensor.from_tensor_list(["c", "a", "b"], [pooled[n] for n in "cab"])
+    torch.testing.assert_close(arch._in_feature_order(shuffled, shuffled.to_dict()), want[:, 4:])
+    low, _ = arch.forward_pooled(dense, kjt, torch.bfloat16)
+    assert low.dtype == torch.bfloat16 and torch.equal(low, want.to(torch.bfloat16))
+
+
+def test_retain_freed_memory_is_glibc_only_and_can_be_turned_off(monkeypatch) -> None:
+    import platform
+
+    from torchrec_fusion.training.allocator import retain_freed_memory
+
+    assert retain_freed_memory() == (platform.libc_ver()[0] == "glibc")
+    monkeypatch.setenv("TORCHREC_FUSION_MALLOC", "default")
+    assert retain_freed_memory() is False

@@ -77,7 +77,7 @@ class FusionHead(nn.Module):
         same value, differentiable in the predictions and the context: explanations need that)."""
         if detach_inputs:
             preds, context = {t: p.detach() for t, p in preds.items()}, context.detach()
-        fused: torch.Tensor = self.fusion({t: preds[t].float() for t in self.task_names}, context)
+        fused: torch.Tensor = self.fusion({t: preds[t].float() for t in self.task_names}, context.float())
         if self.anchor is not None:
             p = preds[self.anchor].float().clamp(1e-6, 1 - 1e-6)
             fused = fused + (p.log() - (-p).log1p())

@@ -4,9 +4,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torchrec.models.dlrm import DenseArch, InteractionArch, SparseArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 
 def join_features(dense: torch.Tensor, pooled: torch.Tensor, interaction_arch: Optional[nn.Module] = None
@@ -80,6 +81,14 @@ class FeatureArch(nn.Module):
         self.embedding_l2 = embedding_l2
         self.penalty: torch.Tensor = torch.zeros(())
 
+    def _in_feature_order(self, pooled_kt: KeyedTensor, pooled: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The pooled embeddings ``[B, F * D]`` in ``feature_names`` order: the KeyedTensor's own
+        block when its keys come in that order (one tensor, no copy), else its columns by key (a
+        sharded EBC orders its columns its own way)."""
+        if not is_fx_symbolic_tracing() and pooled_kt.keys() == self.feature_names:
+            return cast(torch.Tensor, pooled_kt.values())
+        return torch.cat([pooled[name] for name in self.feature_names], dim=1)
+
     @property
     def feature_names(self) -> List[str]:
         return cast(List[str], self.sparse_arch.sparse_feature_names)
@@ -87,19 +96,21 @@ class FeatureArch(nn.Module):
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         return self.forward_pooled(dense_features, sparse_features)[0]
 
-    def forward_pooled(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
-                       ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward_pooled(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor,
+                       dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """The feature vector and the pooled embedding of each feature by name (one EBC lookup for
-        both: a retrieval head reads the pooled embeddings)."""
+        both: a retrieval head reads the pooled embeddings). With ``dtype`` (the dense part's
+        autocast dtype), the feature vector comes in it, the embeddings cast once as one block."""
         dense = self.dense_arch(dense_features)
         if self.interaction_arch is None:
-            # the pooled embeddings by feature name (a sharded EBC orders its columns its own way),
-            # written once into the feature vector: no [B, F, D] stack first
-            pooled: Dict[str, torch.Tensor] = self.sparse_arch.embedding_bag_collection(sparse_features).to_dict()
-            out = torch.cat([dense] + [pooled[name] for name in self.feature_names], dim=1)
+            pooled_kt = self.sparse_arch.embedding_bag_collection(sparse_features)
+            pooled: Dict[str, torch.Tensor] = pooled_kt.to_dict()
+            embeddings = self._in_feature_order(pooled_kt, pooled)
             if self.embedding_l2 and self.training:
-                self.penalty = self.embedding_l2 * out[:, dense.size(1):].pow(2).sum(1).mean()
-            return out, pooled
+                self.penalty = self.embedding_l2 * embeddings.pow(2).sum(1).mean()
+            if dtype is not None:
+                dense, embeddings = dense.to(dtype), embeddings.to(dtype)
+            return torch.cat([dense, embeddings], dim=1), pooled
         sparse = self.sparse_arch(sparse_features)  # B x F x D, in feature_names order
         if self.embedding_l2 and self.training:
             self.penalty = self.embedding_l2 * sparse.pow(2).sum(dim=(1, 2)).mean()

@@ -63,7 +63,8 @@ class MultiTaskModule(nn.Module, ABC):
     def forward_with_features(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
                               ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
         """The raw output per task name and the feature vector ``[B, feature_dim]`` they came from
-        (the context a fusion head reads)."""
+        (the context a fusion head reads), in the dense part's compute dtype (bfloat16 under
+        ``precision: bf16``: a reader casts it if it needs fp32)."""
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
         """The raw output per task: logits (binary ``[B]``, multiclass ``[B, C]``) or values

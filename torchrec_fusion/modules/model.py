@@ -114,10 +114,11 @@ class MultiTaskModel(MultiTaskModule):
             outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features)))
         else:
             with torch.autocast(dense_features.device.type, dtype=dtype):
-                features, pooled = self.feature_arch.forward_pooled(dense_features, sparse_features)
-                # cast once here: the experts and the gates would each cast the fp32 embeddings again
+                features, pooled = self.feature_arch.forward_pooled(dense_features, sparse_features, dtype)
+                # cast once here (a no-op unless the features had an interaction arch): the experts
+                # and the gates would each cast fp32 features again
                 outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features.to(dtype))))
-            outputs, features = {k: v.float() for k, v in outputs.items()}, features.float()
+            outputs = {k: v.float() for k, v in outputs.items()}  # the features stay in ``dtype``
         if self.retrieval is not None:  # outside autocast: fp32 dot products, compared over the catalogue
             user, item = self.retrieval(pooled, self.retrieval.bag_lengths(sparse_features),
                                         self.retrieval.bias_ids(sparse_features))

