@@ -70,10 +70,12 @@ def test_quick_suite_writes_every_section(tmp_path):
 def _check_small_tables(small):
     """Every configuration ran, learned something (AUC above chance on the held-out rows) and has a ratio."""
     seen = {(s["contender"], s["world_size"]) for s in small["summary"]}
-    assert seen == {("plain", 1), ("ours", 1), ("ours", 2)}
+    assert seen == {("plain", 1), ("plain_bf16", 1), ("ours", 1), ("ours", 2)}
     for s in small["summary"]:
         assert _positive(s["samples_per_s"]) and _positive(s["ratio_to_plain"]), s
+        assert _positive(s["ratio_to_plain_bf16"]), s
         assert all(0.5 < s["auc"][t] <= 1.0 for t in ("income", "marital")), s
+    assert {s["precision"] for s in small["summary"] if s["contender"] == "plain_bf16"} == {"bf16"}
     assert {r["precision"] for r in small["runs"] if r["contender"] == "ours"} <= {"bf16", "fp32"}
     assert small["plain_by_batch_size"] and all(_positive(v) for v in small["plain_by_batch_size"].values())
     assert any(r.get("profile") for r in small["runs"] if r["contender"] == "ours")
