@@ -86,7 +86,7 @@ def test_relu_dropout_mask_in_the_input_dtype(dtype) -> None:
     assert abs(float(kept.sum()) / float((x > 0).sum()) - 0.75) < 0.02
 
 
-def _feature_arch(names):
+def _feature_arch(names, interaction=False):
     from torchrec.modules.embedding_configs import EmbeddingBagConfig
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
@@ -95,7 +95,7 @@ def _feature_arch(names):
     torch.manual_seed(0)
     ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name=f"t_{n}", embedding_dim=4, num_embeddings=10,
                                                             feature_names=[n]) for n in names])
-    return FeatureArch(ebc, dense_in_features=3, interaction=False)
+    return FeatureArch(ebc, dense_in_features=3, interaction=interaction)
 
 
 def test_feature_vector_by_key_in_any_column_order_and_cast_once() -> None:
@@ -124,3 +124,15 @@ def test_retain_freed_memory_is_glibc_only_and_can_be_turned_off(monkeypatch) ->
     assert retain_freed_memory() == (platform.libc_ver()[0] == "glibc")
     monkeypatch.setenv("TORCHREC_FUSION_MALLOC", "default")
     assert retain_freed_memory() is False
+
+
+def test_feature_vector_with_interactions_comes_in_the_asked_dtype() -> None:
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    arch = _feature_arch(["a", "b"], interaction=True)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["a", "b"], values=torch.tensor([1, 2, 3, 4]),
+                                              lengths=torch.ones(4, dtype=torch.long))
+    dense = torch.rand(2, 3)
+    full, _ = arch.forward_pooled(dense, kjt)
+    low, _ = arch.forward_pooled(dense, kjt, torch.bfloat16)
+    assert full.dtype == torch.float32 and low.dtype == torch.bfloat16 and torch.equal(low, full.to(torch.bfloat16))

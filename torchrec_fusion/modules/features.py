@@ -100,7 +100,8 @@ class FeatureArch(nn.Module):
                        dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """The feature vector and the pooled embedding of each feature by name (one EBC lookup for
         both: a retrieval head reads the pooled embeddings). With ``dtype`` (the dense part's
-        autocast dtype), the feature vector comes in it, the embeddings cast once as one block."""
+        autocast dtype) the feature vector comes in it; without interactions the embeddings are cast
+        once, as one block, before the join (a mixed-dtype ``torch.cat`` is slow on CPU)."""
         dense = self.dense_arch(dense_features)
         if self.interaction_arch is None:
             pooled_kt = self.sparse_arch.embedding_bag_collection(sparse_features)
@@ -115,4 +116,5 @@ class FeatureArch(nn.Module):
         if self.embedding_l2 and self.training:
             self.penalty = self.embedding_l2 * sparse.pow(2).sum(dim=(1, 2)).mean()
         pooled = {name: sparse[:, i] for i, name in enumerate(self.feature_names)}
-        return join_features(dense, sparse, self.interaction_arch), pooled
+        out = join_features(dense, sparse, self.interaction_arch)
+        return (out if dtype is None else out.to(dtype)), pooled

@@ -114,10 +114,9 @@ class MultiTaskModel(MultiTaskModule):
             outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features)))
         else:
             with torch.autocast(dense_features.device.type, dtype=dtype):
+                # the features come in ``dtype``: the experts and the gates would each cast fp32 ones again
                 features, pooled = self.feature_arch.forward_pooled(dense_features, sparse_features, dtype)
-                # cast once here (a no-op unless the features had an interaction arch): the experts
-                # and the gates would each cast fp32 features again
-                outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features.to(dtype))))
+                outputs = self.task_arch.combine_outputs(self.towers(self.task_arch(features)))
             outputs = {k: v.float() for k, v in outputs.items()}  # the features stay in ``dtype``
         if self.retrieval is not None:  # outside autocast: fp32 dot products, compared over the catalogue
             user, item = self.retrieval(pooled, self.retrieval.bag_lengths(sparse_features),
